@@ -1,0 +1,32 @@
+"""Typed settings read from the environment (SMART_DAIRY_*) and validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MIGRATIONS = Path(__file__).resolve().parent.parent / "timescale"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SMART_DAIRY_", env_file=".env", extra="ignore")
+
+    dsn: str = "postgresql://localhost/smart_dairy"
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = Field(1883, ge=1, le=65535)
+    mqtt_group: str = ""
+    migrations_dir: Path = DEFAULT_MIGRATIONS
+    # Writer: a batch is flushed when it holds batch_rows rows or its oldest row waited batch_delay s.
+    batch_rows: int = Field(20_000, ge=1)
+    batch_delay: float = Field(0.05, gt=0)
+    # Rows accepted but not yet committed; producers wait beyond this (backpressure, bounded memory).
+    max_pending_rows: int = Field(200_000, ge=1)
+    pool_size: int = Field(4, ge=1)
+    maintenance_interval: float = Field(30.0, gt=0)
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Return settings from the environment, with explicit overrides (command-line options) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

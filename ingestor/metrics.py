@@ -1,0 +1,52 @@
+"""Prometheus metrics. Each stateful part takes a Metrics built on a registry it is given, so tests
+build their own registry and nothing leaks between them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BATCH_BUCKETS = (1, 10, 100, 1_000, 5_000, 10_000, 20_000, 50_000, 100_000)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    registry: CollectorRegistry
+    rows_written: Counter
+    rows_rejected: Counter
+    dedup_fallbacks: Counter
+    write_retries: Counter
+    batch_rows: Histogram
+    commit_seconds: Histogram
+    pending_rows: Gauge
+    maintenance_runs: Counter
+    maintenance_seconds: Histogram
+    maintenance_last_success: Gauge
+
+
+def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
+    """Create the project's metrics on `registry` (a fresh one when None)."""
+    r = registry if registry is not None else CollectorRegistry()
+    return Metrics(
+        registry=r,
+        rows_written=Counter("smart_dairy_rows_written", "Rows committed by the writer", ["table"], registry=r),
+        rows_rejected=Counter("smart_dairy_rows_rejected", "Rows the database refused, dead-lettered",
+                              ["table"], registry=r),
+        dedup_fallbacks=Counter("smart_dairy_dedup_fallbacks", "Batches that held stored rows and were merged",
+                                ["table"], registry=r),
+        write_retries=Counter("smart_dairy_write_retries", "Batch commits retried after a database failure",
+                              ["table"], registry=r),
+        batch_rows=Histogram("smart_dairy_batch_rows", "Rows per committed batch", ["table"],
+                             buckets=_BATCH_BUCKETS, registry=r),
+        commit_seconds=Histogram("smart_dairy_commit_seconds", "Time to store and commit one batch", ["table"],
+                                 registry=r),
+        pending_rows=Gauge("smart_dairy_pending_rows", "Rows accepted and not yet committed", ["table"],
+                           registry=r),
+        maintenance_runs=Counter("smart_dairy_maintenance_runs", "Maintenance steps run", ["step", "outcome"],
+                                 registry=r),
+        maintenance_seconds=Histogram("smart_dairy_maintenance_seconds", "Duration of a maintenance step",
+                                      ["step"], registry=r),
+        maintenance_last_success=Gauge("smart_dairy_maintenance_last_success",
+                                       "Unix time of the last successful maintenance step", ["step"], registry=r),
+    )

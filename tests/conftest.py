@@ -1,0 +1,137 @@
+"""Fixtures: every test gets its own scratch database on the real PostgreSQL server.
+
+A template database per storage profile is migrated once per run; each test clones it (a file
+copy, far faster than migrating) and drops its clone afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from ingestor import storage
+
+ADMIN_DSN = os.environ.get("SMART_DAIRY_TEST_ADMIN_DSN", "postgresql://localhost/postgres")
+MIGRATIONS = Path(__file__).resolve().parent.parent / "timescale"
+_SKIPPED_TIMESCALE = "TimescaleDB is not installed on this PostgreSQL server: the timescale profile was NOT tested"
+
+
+def dsn_for(name: str) -> str:
+    base, _, _ = ADMIN_DSN.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(sql: str, *args: object) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+async def drop_database(name: str) -> None:
+    await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _timescale_available() -> bool:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        return await storage.timescale_available(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def timescale_available() -> bool:
+    return asyncio.run(_timescale_available())
+
+
+_TEMPLATES: dict[str, str] = {}
+
+
+async def template_for(profile: str) -> str:
+    """Migrated template database of `profile`, made on first use in this run."""
+    if profile not in _TEMPLATES:
+        name = f"sdt_tpl_{profile}_{os.getpid()}"
+        await drop_database(name)
+        await storage.migrate(dsn_for(name), MIGRATIONS, profile)
+        # TimescaleDB's scheduler keeps a connection to every database with the extension, and a
+        # database with connections cannot be a template: close it to connections first.
+        await _admin(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        await _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name)
+        _TEMPLATES[profile] = name
+    return _TEMPLATES[profile]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_templates() -> Iterator[None]:
+    yield
+    for name in _TEMPLATES.values():
+        asyncio.run(drop_database(name))
+
+
+async def clone(template: str) -> str:
+    name = f"sdt_{uuid.uuid4().hex[:12]}"
+    for attempt in range(50):
+        try:
+            await _admin(f'CREATE DATABASE "{name}" TEMPLATE "{template}" STRATEGY FILE_COPY')
+            return name
+        except asyncpg.ObjectInUseError:
+            # A background worker was still leaving the template; it cannot come back.
+            await _admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", template)
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise RuntimeError(f"template {template} stayed busy")
+
+
+@pytest.fixture(params=["postgres", pytest.param("timescale", marks=pytest.mark.timescale)])
+def profile(request: pytest.FixtureRequest, timescale_available: bool) -> str:
+    """Run the test once per storage profile."""
+    if request.param == "timescale" and not timescale_available:
+        pytest.skip(_SKIPPED_TIMESCALE)
+    return request.param
+
+
+@pytest.fixture
+async def db(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """DSN of a fresh, migrated scratch database (the `profile` fixture's, else postgres)."""
+    profile = request.getfixturevalue("profile") if "profile" in request.fixturenames else "postgres"
+    name = await clone(await template_for(profile))
+    try:
+        yield dsn_for(name)
+    finally:
+        await drop_database(name)
+
+
+@pytest.fixture
+async def empty_db() -> AsyncIterator[str]:
+    """DSN of a database name that does not exist yet (dropped afterwards)."""
+    name = f"sdt_{uuid.uuid4().hex[:12]}"
+    try:
+        yield dsn_for(name)
+    finally:
+        await drop_database(name)
+
+
+@pytest.fixture
+async def pool(db: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await asyncpg.create_pool(db, min_size=1, max_size=4)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons = {str(r.longrepr[2]) if isinstance(r.longrepr, tuple) else str(r.longrepr) for r in skipped}
+    loud = sorted(r for r in reasons if "NOT tested" in r)
+    if loud:
+        terminalreporter.section("NOT TESTED HERE", sep="!", red=True, bold=True)
+        for reason in loud:
+            terminalreporter.write_line(reason.removeprefix("Skipped: "), red=True, bold=True)
