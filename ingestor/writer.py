@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import chain
@@ -29,12 +29,12 @@ from itertools import chain
 import asyncpg
 
 from .metrics import Metrics, build_metrics
-from .tables import DEAD_LETTERS, SENSOR_DATA, Table
+from .tables import DEAD_LETTERS, Table
 
 log = logging.getLogger(__name__)
 
 Row = tuple
-BatchHook = Callable[[asyncpg.Connection, Sequence[Row]], Awaitable[None]]
+CommitHook = Callable[[Sequence[Row]], None]  # sees every committed batch; must be quick
 
 # SQLSTATE classes that condemn rows, not the batch: data exceptions (22), integrity constraint
 # violations (23: no partition for the row, NOT NULL, CHECK) and program limits (54: index row too big).
@@ -80,18 +80,22 @@ class Writer:
 
     def __init__(self, pool: asyncpg.Pool, table: Table, *, batch_rows: int = 20_000,
                  batch_delay: float = 0.05, max_pending_rows: int = 200_000,
-                 metrics: Metrics | None = None, on_batch: BatchHook | None = None) -> None:
+                 concurrency: int = 2, metrics: Metrics | None = None,
+                 on_commit: CommitHook | None = None) -> None:
         self.table = table
         self._pool = pool
         self._batch_rows = batch_rows
         self._batch_delay = batch_delay
         self._max_pending = max(max_pending_rows, batch_rows)
         self._metrics = metrics or build_metrics()
-        self._on_batch = on_batch
+        self._on_commit = on_commit
+        self._concurrency = concurrency
         self._queue: deque[_Submission] = deque()
-        self._pending = 0
+        self._pending = 0  # accepted, not committed (queued or being written)
+        self._queued = 0   # accepted, not yet taken by a flusher
+        self._busy = 0     # flushers writing a batch now
         self._changed = asyncio.Condition()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         # Built from the fixed table definitions in tables.py, never from input.
         cols = ", ".join(f'"{c}"' for c in table.columns)
@@ -109,18 +113,20 @@ class Writer:
         return self._pending
 
     def start(self) -> None:
-        """Start the flushing task on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"writer-{self.table.name}")
+        """Start the flushing tasks on the running loop."""
+        # Two flushers let one batch's COMMIT overlap the next batch's COPY.
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._run(), name=f"writer-{self.table.name}-{i}")
+                           for i in range(self._concurrency)]
 
     async def close(self) -> None:
         """Commit everything pending, then stop."""
         self._closing = True
         async with self._changed:
             self._changed.notify_all()
-        if self._task is not None:
-            await self._task
-            self._task = None
+        await asyncio.gather(*self._tasks)
+        self._tasks = []
 
     async def write(self, rows: Sequence[Row], *, channel: str = "internal", source: str = "") -> WriteResult:
         """Store `rows` durably; return once they are committed (or dead-lettered)."""
@@ -137,6 +143,7 @@ class Writer:
             sub = _Submission(rows, channel, source, loop.create_future(), time.monotonic())
             self._queue.append(sub)
             self._pending += len(rows)
+            self._queued += len(rows)
             self._metrics.pending_rows.labels(**self._labels).set(self._pending)
             self._changed.notify_all()
         return await sub.future
@@ -147,19 +154,24 @@ class Writer:
                 await self._changed.wait_for(lambda: self._queue or self._closing)
                 if not self._queue:
                     return
-                # Wait for a full batch, the oldest row's deadline, or close.
+                # While another batch is being written, gather a fuller one (up to the oldest row's
+                # deadline); when none is, write at once: low latency when idle, big batches under load.
                 deadline = self._queue[0].enqueued + self._batch_delay
-                while (self._pending < self._batch_rows and not self._closing
+                while (self._queue and self._busy and self._queued < self._batch_rows and not self._closing
                        and (left := deadline - time.monotonic()) > 0):
                     try:
                         await asyncio.wait_for(self._changed.wait(), left)
                     except TimeoutError:
                         break
+                if not self._queue:
+                    continue  # another flusher took it
                 subs = [self._queue.popleft()]
                 taken = len(subs[0].rows)
                 while self._queue and taken + len(self._queue[0].rows) <= self._batch_rows:
                     taken += len(self._queue[0].rows)
                     subs.append(self._queue.popleft())
+                self._queued -= taken
+                self._busy += 1
             try:
                 results = await self._commit(subs)
             except BaseException as exc:  # cancelled or a bug: callers must not wait forever
@@ -169,6 +181,7 @@ class Writer:
                 raise
             finally:
                 async with self._changed:
+                    self._busy -= 1
                     self._pending -= taken
                     self._metrics.pending_rows.labels(**self._labels).set(self._pending)
                     self._changed.notify_all()
@@ -186,9 +199,6 @@ class Writer:
                     rejected = await self._store(conn, rows, merge=False)
                     if rejected:
                         await self._dead_letter(conn, subs, rows, rejected)
-                    if self._on_batch is not None:
-                        bad = {i for i, _ in rejected}
-                        await self._on_batch(conn, [r for i, r in enumerate(rows) if i not in bad] if bad else rows)
                 break
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 # Connection lost, database restarting, schema missing...: keep the rows, retry.
@@ -201,6 +211,9 @@ class Writer:
         self._metrics.batch_rows.labels(**self._labels).observe(len(rows))
         self._metrics.rows_written.labels(**self._labels).inc(len(rows) - len(rejected))
         self._metrics.rows_rejected.labels(**self._labels).inc(len(rejected))
+        if self._on_commit is not None:
+            bad = {i for i, _ in rejected}
+            self._on_commit([r for i, r in enumerate(rows) if i not in bad] if bad else rows)
         return self._split_results(subs, rejected)
 
     async def _store(self, conn: asyncpg.Connection, rows: Sequence[Row], *, merge: bool) -> list[tuple[int, str]]:
@@ -261,29 +274,3 @@ def _offsets(subs: list[_Submission]):
     for s in subs:
         yield total
         total += len(s.rows)
-
-
-_TIME, _UID, _TYPE, _FARM = (SENSOR_DATA.index(c) for c in ("time", "device_uid", "device_type", "farm_id"))
-_BATTERY, _SIGNAL = SENSOR_DATA.index("battery_level"), SENSOR_DATA.index("signal_strength")
-
-
-async def upsert_device_state(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
-    """Record each device's newest reading of the batch in iot.device_state (one statement per batch)."""
-    # One pass in C (dict comprehension), then work per device, not per row. Rows of a device
-    # arrive in time order; the upsert's guard keeps a newer stored state.
-    latest = sorted({r[_UID]: r for r in rows}.items())
-    await conn.execute(
-        """
-        INSERT INTO iot.device_state AS s (device_uid, device_type, farm_id, last_seen, battery_level, signal_strength)
-        SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::smallint[], $6::smallint[])
-        ON CONFLICT (device_uid) DO UPDATE SET
-            device_type = excluded.device_type,
-            farm_id = excluded.farm_id,
-            last_seen = excluded.last_seen,
-            battery_level = coalesce(excluded.battery_level, s.battery_level),
-            signal_strength = coalesce(excluded.signal_strength, s.signal_strength),
-            updated_at = now()
-        WHERE excluded.last_seen >= s.last_seen
-        """,
-        [uid for uid, _ in latest], [r[_TYPE] for _, r in latest], [r[_FARM] for _, r in latest],
-        [r[_TIME] for _, r in latest], [r[_BATTERY] for _, r in latest], [r[_SIGNAL] for _, r in latest])

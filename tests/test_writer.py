@@ -11,7 +11,8 @@ import pytest
 
 from ingestor.metrics import build_metrics
 from ingestor.tables import SENSOR_DATA
-from ingestor.writer import Writer, upsert_device_state
+from ingestor.device_state import DeviceStates
+from ingestor.writer import Writer
 
 from .factories import NOW, reading, readings
 
@@ -95,9 +96,15 @@ async def test_backpressure_bounds_pending_rows(pool: asyncpg.Pool) -> None:
 
 
 async def test_device_state_keeps_the_newest_reading(pool: asyncpg.Pool) -> None:
-    writer = Writer(pool, SENSOR_DATA, batch_rows=100, batch_delay=0.001, on_batch=upsert_device_state)
-    await writer.write([reading("D1", at=NOW - timedelta(minutes=1), battery=50)])
+    states = DeviceStates()
+    writer = Writer(pool, SENSOR_DATA, batch_rows=100, batch_delay=0.001, on_commit=states.note)
+    await writer.write([reading("D1", at=NOW - timedelta(minutes=1), battery=50), reading("D2")])
+    async with pool.acquire() as conn:
+        assert await states.flush(conn) == 2
     await writer.write([reading("D1", at=NOW - timedelta(minutes=10), battery=99, metric="x")])  # late row
+    async with pool.acquire() as conn:
+        assert await states.flush(conn) == 1
+        assert await states.flush(conn) == 0
     row = await pool.fetchrow("SELECT * FROM iot.device_current_status WHERE device_uid = 'D1'")
     assert row["last_seen"] == NOW - timedelta(minutes=1) and row["battery_level"] == 50
     assert row["status"] == "online"
