@@ -56,7 +56,10 @@ def sensor_rows(farm: Farm, start: datetime, ticks: int, interval_s: float, *, s
         signal = int(rng.integers(-90, -50))
         for name, (unit, mean, amplitude, sd) in metrics.items():
             own = mean + rng.normal(0, 2 * sd)  # each animal and zone has its own level
-            values = np.round(own + amplitude * diurnal + rng.normal(0, sd, ticks), 3).tolist()
+            values = own + amplitude * diurnal + rng.normal(0, sd, ticks)
+            if name != "temperature_c":  # only air temperature goes below zero
+                values = np.maximum(values, 0.0)
+            values = np.round(values, 3).tolist()
             rows.extend((t, uid, kind, farm.farm_id, name, v, unit, "valid", False, animal, zone, None,
                          battery, signal, "{}") for t, v in zip(times, values))
     rows.sort(key=lambda r: r[0])  # devices report concurrently: interleave them as a broker would
