@@ -105,20 +105,17 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
             await _reset(conn, result.profile)
             ceiling = await _raw_copy(conn, data)
             lines.append(ceiling.line(None))
-            await _reset(conn, result.profile)
-        writer = await _through_writer(pool, chunks, label="writer (group commit, dedup, device state)",
-                                       batch_rows=batch_rows, producers=producers)
-        lines.append(writer.line(ceiling))
-        async with pool.acquire() as conn:
-            stored = await conn.fetchval("SELECT count(*) FROM iot.sensor_data")
-            assert stored == rows, f"writer stored {stored} of {rows} rows"
-            await _reset(conn, result.profile)
-        dup = await _through_writer(pool, resent, label="writer, 1% of submissions re-sent",
-                                    batch_rows=batch_rows, producers=producers)
-        lines.append(dup.line(ceiling))
-        async with pool.acquire() as conn:
-            stored = await conn.fetchval("SELECT count(*) FROM iot.sensor_data")
-            assert stored == rows, f"writer stored {stored} of {rows} rows after re-sends"
+        figures = []
+        for label, submissions in (("writer (group commit, dedup, device state)", chunks),
+                                   ("writer, 1% of submissions re-sent", resent)):
+            async with pool.acquire() as conn:
+                await _reset(conn, result.profile)
+            figures.append(await _through_writer(pool, submissions, label=label, batch_rows=batch_rows,
+                                                 producers=producers))
+            lines.append(figures[-1].line(ceiling))
+            stored = await pool.fetchval("SELECT count(*) FROM iot.sensor_data")
+            assert stored == rows, f"{label}: stored {stored} of {rows} rows"
+        writer, dup = figures
     finally:
         await pool.close()
     ratio = writer.rate / ceiling.rate
