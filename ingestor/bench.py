@@ -7,16 +7,16 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 from tqdm import tqdm
 
 from . import storage
+from .device_state import DeviceStates
 from .simulator import BARN_METRICS, COLLAR_METRICS, Farm, sensor_rows, utc_floor
 from .tables import SENSOR_DATA
-from .device_state import DeviceStates
 from .writer import Writer
 
 WRITER_TARGET = 0.8  # contract section 6
@@ -42,7 +42,7 @@ def bench_rows(count: int, *, seed: int = 7) -> list[tuple]:
     farm = Farm(cows=1000, zones=8)
     series = farm.cows * len(COLLAR_METRICS) + farm.zones * len(BARN_METRICS)
     ticks = math.ceil(count / series)
-    start = utc_floor(datetime.now(timezone.utc) - timedelta(seconds=ticks * 5 + 120), 60)
+    start = utc_floor(datetime.now(UTC) - timedelta(seconds=ticks * 5 + 120), 60)
     return sensor_rows(farm, start, ticks, 5.0, seed=seed)[:count]
 
 

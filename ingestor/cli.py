@@ -6,16 +6,16 @@ import argparse
 import asyncio
 import logging
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from . import bench, maintenance, storage
 from .config import Settings, load_settings
+from .device_state import DeviceStates
 from .simulator import Farm, milk_rows, sensor_rows, utc_floor
 from .tables import MILK_PRODUCTION, SENSOR_DATA
-from .device_state import DeviceStates
 from .writer import Writer
 
 
@@ -57,7 +57,7 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
         print("live MQTT/HTTP simulation is not built yet; use --backfill DAYS", file=sys.stderr)
         return 2
     farm = Farm(farm_id=args.farm, cows=args.cows, zones=args.zones)
-    end = utc_floor(datetime.now(timezone.utc), 60)
+    end = utc_floor(datetime.now(UTC), 60)
     start = end - timedelta(days=args.backfill)
     pool = await asyncpg.create_pool(settings.dsn, min_size=1, max_size=2)
     try:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
+from .storage import RETRYABLE_ERRORS
 from .tables import SENSOR_DATA
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class DeviceStates:
             try:
                 async with pool.acquire() as conn:
                     await self.flush(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except RETRYABLE_ERRORS as exc:
                 log.warning("device state flush failed, will retry: %s", exc)
             if stop.is_set():
                 return

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import asyncpg
 
 from .metrics import Metrics, build_metrics
-from .storage import stored_profile
+from .storage import RETRYABLE_ERRORS, stored_profile
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ async def _scalar(conn: asyncpg.Connection, sql: str, template: str) -> str:
 
 async def _refresh(conn: asyncpg.Connection, name: str) -> str:
     row = await conn.fetchrow("SELECT * FROM iot.refresh_rollup($1)", name)
-    return f"{row['ranges']} ranges, {row['buckets_written']} buckets written, watermark {row['watermark']:%Y-%m-%d %H:%M}"
+    return (f"{row['ranges']} ranges, {row['buckets_written']} buckets written, "
+            f"watermark {row['watermark']:%Y-%m-%d %H:%M}")
 
 
 async def _timescale_steps(conn: asyncpg.Connection, state: MaintenanceState, force: bool):
@@ -124,7 +125,7 @@ async def run_forever(dsn: str, interval: float, *, metrics: Metrics | None = No
                 await run_once(conn, metrics=metrics, state=state, force=False)
             finally:
                 await conn.close()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except RETRYABLE_ERRORS as exc:
             log.warning("maintenance pass failed: %s", exc)
         try:
             await asyncio.wait_for(stop.wait(), interval)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
@@ -61,7 +61,7 @@ def sensor_rows(farm: Farm, start: datetime, ticks: int, interval_s: float, *, s
                 values = np.maximum(values, 0.0)
             values = np.round(values, 3).tolist()
             rows.extend((t, uid, kind, farm.farm_id, name, v, unit, "valid", False, animal, zone, None,
-                         battery, signal, "{}") for t, v in zip(times, values))
+                         battery, signal, "{}") for t, v in zip(times, values, strict=True))
     rows.sort(key=lambda r: r[0])  # devices report concurrently: interleave them as a broker would
     return rows
 
@@ -88,4 +88,4 @@ def milk_rows(farm: Farm, start: datetime, days: int, *, seed: int = 7) -> list[
 def utc_floor(dt: datetime, seconds: int) -> datetime:
     """Round `dt` down to a multiple of `seconds` since the epoch, in UTC."""
     ts = int(dt.timestamp()) // seconds * seconds
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)

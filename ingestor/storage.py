@@ -16,6 +16,11 @@ log = logging.getLogger(__name__)
 PROFILES = ("postgres", "timescale")
 # Any constant works; it only has to be the same for every `migrate` of this project.
 MIGRATION_LOCK = 0x5D_A1_27_01
+# Failures of the connection rather than of a statement: worth retrying on a fresh connection.
+# asyncpg raises InternalClientError when a connection broken mid-operation is used again.
+CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+# What a background loop logs and retries rather than dying of.
+RETRYABLE_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<profile>postgres|timescale))?\.sql$")
 
 

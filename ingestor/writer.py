@@ -23,12 +23,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import chain
 
 import asyncpg
 
 from .metrics import Metrics, build_metrics
+from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS
 from .tables import DEAD_LETTERS, Table
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class Writer:
                     self._pending -= taken
                     self._metrics.pending_rows.labels(**self._labels).set(self._pending)
                     self._changed.notify_all()
-            for sub, result in zip(subs, results):
+            for sub, result in zip(subs, results, strict=True):
                 if not sub.future.done():
                     sub.future.set_result(result)
 
@@ -195,12 +196,19 @@ class Writer:
         while True:
             started = time.perf_counter()
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    rejected = await self._store(conn, rows, merge=False)
-                    if rejected:
-                        await self._dead_letter(conn, subs, rows, rejected)
+                async with self._pool.acquire() as conn:
+                    try:
+                        async with conn.transaction():
+                            rejected = await self._store(conn, rows, merge=False)
+                            if rejected:
+                                await self._dead_letter(conn, subs, rows, rejected)
+                    except CONNECTION_ERRORS:
+                        # A connection that failed mid-protocol may be left in a state where its next
+                        # query fails; close it so the pool opens a fresh one for the retry.
+                        conn.terminate()
+                        raise
                 break
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except RETRYABLE_ERRORS as exc:
                 # Connection lost, database restarting, schema missing...: keep the rows, retry.
                 self._metrics.write_retries.labels(**self._labels).inc()
                 log.warning("writing %d rows to %s failed (%s); retrying in %.2fs",
@@ -246,11 +254,11 @@ class Writer:
     async def _dead_letter(self, conn: asyncpg.Connection, subs: list[_Submission], rows: Sequence[Row],
                            rejected: list[tuple[int, str]]) -> None:
         offsets = list(_offsets(subs))
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         records = []
         for index, reason in rejected:
             sub = subs[bisect.bisect_right(offsets, index) - 1]
-            payload = json.dumps(dict(zip(self.table.columns, rows[index])), default=str)
+            payload = json.dumps(dict(zip(self.table.columns, rows[index], strict=True)), default=str)
             errors = json.dumps([{"field": None, "error": f"not storable in {self.table.name}: {reason}"}])
             records.append((now, sub.channel, sub.source, payload, errors))
         await conn.copy_records_to_table(DEAD_LETTERS.name, schema_name="iot", records=records,

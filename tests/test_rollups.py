@@ -46,7 +46,7 @@ def same(a: list, b: list) -> bool:
         if isinstance(x, float) and isinstance(y, float):
             return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-9)
         return x == y
-    return len(a) == len(b) and all(len(r) == len(s) and all(map(close, r, s)) for r, s in zip(a, b))
+    return len(a) == len(b) and all(len(r) == len(s) and all(map(close, r, s)) for r, s in zip(a, b, strict=False))
 
 
 async def assert_rollups_match(conn: asyncpg.Connection, prefix: str) -> None:

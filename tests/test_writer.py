@@ -9,9 +9,9 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from ingestor.device_state import DeviceStates
 from ingestor.metrics import build_metrics
 from ingestor.tables import SENSOR_DATA
-from ingestor.device_state import DeviceStates
 from ingestor.writer import Writer
 
 from .factories import NOW, reading, readings
