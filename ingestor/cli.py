@@ -7,11 +7,12 @@ import asyncio
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from . import bench, maintenance, storage
+from . import apikeys, bench, maintenance, storage
 from .config import Settings, load_settings
 from .device_state import DeviceStates
 from .simulator import Farm, milk_rows, sensor_rows, utc_floor
@@ -47,7 +48,8 @@ async def _maintain(settings: Settings, args: argparse.Namespace) -> int:
 async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     dsn = args.dsn or _with_database(settings.dsn, "smart_dairy_bench")
     lines = await bench.run(dsn, settings.migrations_dir, rows=args.rows, profile=args.profile,
-                            batch_rows=args.batch_rows, chunk=args.chunk, producers=args.producers)
+                            batch_rows=args.batch_rows, chunk=args.chunk, producers=args.producers,
+                            http_clients=args.http_clients)
     print("\n".join(lines))
     return 0
 
@@ -122,6 +124,33 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A
     return 0
 
 
+async def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn  # only `serve` needs the server
+
+    from .api import create_app
+
+    settings = settings.model_copy(update={k: v for k, v in (("http_host", args.host), ("http_port", args.port))
+                                           if v is not None})
+    config = uvicorn.Config(create_app(settings), host=settings.http_host, port=settings.http_port,
+                            loop="none", http="httptools", lifespan="on", access_log=args.verbose,
+                            log_level="info" if args.verbose else "warning", timeout_graceful_shutdown=10)
+    print(f"serving http://{settings.http_host}:{settings.http_port} (docs at /docs)", flush=True)
+    await uvicorn.Server(config).serve()
+    return 0
+
+
+async def _apikey(settings: Settings, args: argparse.Namespace) -> int:
+    conn = await asyncpg.connect(settings.dsn)
+    try:
+        key = await apikeys.create(conn, args.farm, read_only=args.read_only, name=args.name)
+    finally:
+        await conn.close()
+    scope = "read" if args.read_only else "read, write"
+    print(key)
+    print(f"(farms {', '.join(map(str, args.farm))}; {scope}; shown once, stored hashed)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="smart-dairy", description="Smart Dairy IoT ingestor")
     parser.add_argument("--dsn", dest="global_dsn", help="database (default $SMART_DAIRY_DSN)")
@@ -142,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-rows", type=int, default=20_000, help="writer batch size")
     p.add_argument("--chunk", type=int, default=1_000, help="rows per submission (an HTTP batch, say)")
     p.add_argument("--producers", type=int, default=8, help="concurrent submitters")
+    p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients")
     p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_bench)")
     p.set_defaults(run=_bench)
 
@@ -154,9 +184,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(run=_simulate)
 
+    p = sub.add_parser("serve", help="HTTP API, MQTT subscriber, alerts and maintenance loop")
+    p.add_argument("--host", help="default $SMART_DAIRY_HTTP_HOST or 127.0.0.1")
+    p.add_argument("--port", type=int, help="default $SMART_DAIRY_HTTP_PORT or 8000")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser("apikey", help="API keys for devices and scripts")
+    keys = p.add_subparsers(dest="action", required=True)
+    k = keys.add_parser("create", help="print a new key once")
+    k.add_argument("--farm", type=int, action="append", required=True, help="a farm the key may use (repeat)")
+    k.add_argument("--read-only", action="store_true")
+    k.add_argument("--name", default="", help="what the key is for")
+    k.set_defaults(run=_apikey)
+
     p = sub.add_parser("show", help="what the database holds, from the rollups")
     p.set_defaults(run=_show)
     return parser
+
+
+def _run(main: Any) -> int:
+    try:
+        import uvloop  # faster event loop where installed (it is a dependency of uvicorn[standard])
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(dsn=args.global_dsn)
     try:
-        return asyncio.run(args.run(settings, args))
+        return _run(args.run(settings, args))
     except (storage.MigrationError, OSError, asyncpg.PostgresError) as exc:
         print(f"smart-dairy {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -25,6 +25,16 @@ class Settings(BaseSettings):
     max_pending_rows: int = Field(200_000, ge=1)
     pool_size: int = Field(4, ge=1)
     maintenance_interval: float = Field(30.0, gt=0)
+    # How often the registry (devices, animals, zones, API keys pushed by Odoo) is checked for changes.
+    registry_interval: float = Field(5.0, gt=0)
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8000, ge=1, le=65535)
+    # A 10,000-reading batch is ~3 MB of JSON; larger bodies get 413 before they are read.
+    max_body_bytes: int = Field(16 << 20, ge=1024)
+    # Request bodies being read or decoded at once; beyond it new requests get 503 (bounded memory).
+    max_inflight_bytes: int = Field(128 << 20, ge=1 << 20)
+    # How long a request waits for room in a full writer before it gets 503 and Retry-After.
+    admit_timeout: float = Field(2.0, gt=0)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -23,6 +23,10 @@ class Metrics:
     maintenance_runs: Counter
     maintenance_seconds: Histogram
     maintenance_last_success: Gauge
+    items_accepted: Counter
+    items_rejected: Counter
+    http_requests: Counter
+    http_seconds: Histogram
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -49,4 +53,12 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                                       ["step"], registry=r),
         maintenance_last_success=Gauge("smart_dairy_maintenance_last_success",
                                        "Unix time of the last successful maintenance step", ["step"], registry=r),
+        items_accepted=Counter("smart_dairy_items_accepted", "Items (readings, sessions, reads) stored",
+                               ["channel", "table"], registry=r),
+        items_rejected=Counter("smart_dairy_items_rejected", "Items rejected and dead-lettered, by the field at fault",
+                               ["channel", "reason"], registry=r),
+        http_requests=Counter("smart_dairy_http_requests", "HTTP requests answered", ["route", "status"],
+                              registry=r),
+        http_seconds=Histogram("smart_dairy_http_seconds", "HTTP request duration, body read to answer", ["route"],
+                               buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=r),
     )

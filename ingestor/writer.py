@@ -46,6 +46,10 @@ class WriterClosed(RuntimeError):
     """The writer is closed and takes no more rows."""
 
 
+class WriterBusy(RuntimeError):
+    """The writer is full and the caller chose not to wait longer."""
+
+
 @dataclass
 class WriteResult:
     stored: int = 0                                       # rows now stored (new, or already there)
@@ -129,8 +133,19 @@ class Writer:
         await asyncio.gather(*self._tasks)
         self._tasks = []
 
-    async def write(self, rows: Sequence[Row], *, channel: str = "internal", source: str = "") -> WriteResult:
-        """Store `rows` durably; return once they are committed (or dead-lettered)."""
+    @property
+    def lag_seconds(self) -> float:
+        """Age of the oldest row not yet taken into a batch (0 when none waits)."""
+        return time.monotonic() - self._queue[0].enqueued if self._queue else 0.0
+
+    async def write(self, rows: Sequence[Row], *, channel: str = "internal", source: str = "",
+                    admit_timeout: float | None = None) -> WriteResult:
+        """Store `rows` durably; return once they are committed (or dead-lettered).
+
+        While the writer holds max_pending_rows the caller waits (backpressure); with
+        `admit_timeout`, at most that long before WriterBusy, for callers that can tell their
+        client to come back later instead.
+        """
         if self._closing:
             raise WriterClosed(f"writer for {self.table.name} is closed")
         if not rows:
@@ -139,8 +154,11 @@ class Writer:
         loop = asyncio.get_running_loop()
         async with self._changed:
             # A submission larger than the whole budget is let in alone rather than never.
-            await self._changed.wait_for(
-                lambda: self._pending == 0 or self._pending + len(rows) <= self._max_pending)
+            try:
+                await asyncio.wait_for(self._changed.wait_for(
+                    lambda: self._pending == 0 or self._pending + len(rows) <= self._max_pending), admit_timeout)
+            except TimeoutError:
+                raise WriterBusy(f"writer for {self.table.name} holds {self._pending} uncommitted rows") from None
             sub = _Submission(rows, channel, source, loop.create_future(), time.monotonic())
             self._queue.append(sub)
             self._pending += len(rows)

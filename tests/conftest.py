@@ -10,12 +10,18 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
+import uvicorn
 
-from ingestor import storage
+from ingestor import apikeys, storage
+from ingestor.api import create_app
+from ingestor.config import Settings
+from ingestor.pipeline import Pipeline
 
 ADMIN_DSN = os.environ.get("SMART_DAIRY_TEST_ADMIN_DSN", "postgresql://localhost/postgres")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "timescale"
@@ -135,3 +141,52 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         terminalreporter.section("NOT TESTED HERE", sep="!", red=True, bold=True)
         for reason in loud:
             terminalreporter.write_line(reason.removeprefix("Skipped: "), red=True, bold=True)
+
+
+@dataclass
+class Api:
+    """A running `serve` app over real HTTP, its pipeline, and keys for farm 1 (read/write, read-only) and farm 2."""
+
+    url: str
+    pipeline: Pipeline
+    dsn: str
+    key: str
+    read_only_key: str
+    farm2_key: str
+
+    def client(self, key: str | None = "default", **kw: object) -> httpx.AsyncClient:
+        headers = {} if key is None else {"X-API-Key": self.key if key == "default" else key}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30, **kw)
+
+    async def dead_letters(self) -> list[asyncpg.Record]:
+        return await self.pipeline.pool.fetch("SELECT * FROM iot.dead_letters ORDER BY id")
+
+
+async def start_api(dsn: str, **settings: object) -> tuple[uvicorn.Server, asyncio.Task[None], str, Pipeline]:
+    app = create_app(Settings(dsn=dsn, **settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # readiness: set once the lifespan (pool, writers) is up and the socket bound
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    return server, task, f"http://127.0.0.1:{port}", app.state.pipeline
+
+
+@pytest.fixture
+async def api(db: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
+    """The API on a scratch database; a test marked `api_settings(...)` overrides settings."""
+    marker = request.node.get_closest_marker("api_settings")
+    server, task, url, pipeline = await start_api(db, **(marker.kwargs if marker else {}))
+    conn = await asyncpg.connect(db)
+    try:
+        keys = [await apikeys.create(conn, [1]), await apikeys.create(conn, [1], read_only=True),
+                await apikeys.create(conn, [2])]
+    finally:
+        await conn.close()
+    try:
+        yield Api(url, pipeline, db, *keys)
+    finally:
+        server.should_exit = True
+        await task

@@ -1,0 +1,444 @@
+"""The HTTP API of contract section 3 (FastAPI).
+
+Ingest endpoints read the raw body themselves (bounded, counted against an in-flight budget) and
+decode it with msgspec, which is several times faster than FastAPI's pydantic body parsing and
+lets a batch keep its valid items; their OpenAPI schemas are msgspec's. A 200/202 is sent only
+after the rows are committed. Client input never reaches a 500: every failure below is an
+ApiError with its status, and every rejected item is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import apikeys
+from .config import Settings
+from .pipeline import IngestResult, Pipeline
+from .registry import ApiKey
+from .topics import TopicError, decode_message
+from .validation import MilkSession, RawBatch, Reading, ReadingBatch, decode_batch, decode_error
+from .writer import WriterBusy, WriterClosed
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 10_000
+RETRY_AFTER = "1"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, detail: str, *, errors: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None, dead_letter: bool = True) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.errors, self.headers = status, detail, errors, headers
+        self.dead_letter = dead_letter  # overload is "come back later", not a rejection
+
+
+class TelemetryMessage(msgspec.Struct):
+    """An MQTT message of contract section 4 posted over HTTP."""
+
+    topic: str
+    payload: msgspec.Raw
+
+
+class InflightBudget:
+    """Bytes of request bodies held at once; a request that does not fit is turned away (503)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+
+    @asynccontextmanager
+    async def reserve(self, size: int) -> AsyncIterator[None]:
+        if self.used + size > self.limit:
+            raise ApiError(503, "the server is busy reading other requests; retry shortly",
+                           headers={"Retry-After": RETRY_AFTER}, dead_letter=False)
+        self.used += size
+        try:
+            yield
+        finally:
+            self.used -= size
+
+
+def _json(status: int, content: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(msgspec.json.encode(content), status_code=status, media_type="application/json",
+                    headers=headers)
+
+
+def _item_errors(errors: list) -> list[dict[str, Any]]:
+    return [e.as_json() for e in errors]
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
+    """The API over `pipeline` (started and stopped with the app when it is created here)."""
+    owned = pipeline is None
+    pipe = pipeline or Pipeline(settings)
+    budget = InflightBudget(settings.max_inflight_bytes)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if owned:
+            await pipe.start()
+        try:
+            yield
+        finally:
+            if owned:
+                await pipe.stop()
+
+    app = FastAPI(title="Smart Dairy IoT ingestor", version="1.0",
+                  description="Ingest and query a dairy farm's sensor readings. Send `X-API-Key`.",
+                  lifespan=lifespan)
+    app.state.pipeline = pipe
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        body: dict[str, Any] = {"detail": exc.detail}
+        if exc.errors:
+            body["errors"] = exc.errors
+        if exc.dead_letter and request.method == "POST":
+            payload = getattr(request.state, "body", b"")
+            field = exc.errors[0].get("field") if exc.errors else None
+            try:
+                await pipe.reject(channel="http", source=request.url.path, payload=payload,
+                                  reason=f"{exc.status}: {exc.detail}", field_name=field)
+            except (WriterClosed, OSError) as err:  # shutting down: the client is told anyway
+                log.warning("could not dead-letter a rejected request: %s", err)
+        return _json(exc.status, body, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_params(_: Request, exc: RequestValidationError) -> Response:
+        errors = [{"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or None, "error": e.get("msg", "")}
+                  for e in exc.errors()]
+        return _json(422, {"detail": "; ".join(f"{e['field']}: {e['error']}" for e in errors), "errors": errors})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        return _json(exc.status_code, {"detail": exc.detail}, getattr(exc, "headers", None))
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:  # a bug, never client input: logged with its traceback, answered as 500
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = _json(500, {"detail": "internal error; it has been logged"})
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        pipe.metrics.http_requests.labels(route=path, status=str(response.status_code)).inc()
+        pipe.metrics.http_seconds.labels(route=path).observe(time.perf_counter() - started)
+        return response
+
+    async def read_body(request: Request) -> bytes:
+        """The body, refused with 415/413/400 before it is read whenever the headers allow."""
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind != "application/json" and not kind.endswith("+json"):
+            raise ApiError(415, f"content type must be application/json, not {kind or 'missing'!r}")
+        limit = settings.max_body_bytes
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            raise ApiError(413 if length.isdigit() else 400,
+                           f"body of {length} bytes is over the {limit}-byte limit" if length.isdigit()
+                           else "invalid Content-Length")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                request.state.body = b"".join(chunks)[:65536]
+                raise ApiError(413, f"body is over the {limit}-byte limit")
+            chunks.append(chunk)
+        request.state.body = body = b"".join(chunks)
+        return body
+
+    async def authorise(request: Request, scope: str, farms: set[int] | None = None) -> ApiKey:
+        key = request.headers.get("x-api-key")
+        if not key:
+            raise ApiError(401, "missing X-API-Key header", headers={"WWW-Authenticate": "X-API-Key"})
+        record = await apikeys.authenticate(key, pipe.registry, pipe.pool)
+        if record is None:
+            raise ApiError(401, "invalid or revoked API key", headers={"WWW-Authenticate": "X-API-Key"})
+        if scope not in record.scopes:
+            raise ApiError(403, f"this API key has no {scope} scope")
+        if farms and not farms <= record.farm_ids:
+            raise ApiError(403, f"this API key may not {scope} farm(s) {sorted(farms - record.farm_ids)}")
+        return record
+
+    @asynccontextmanager
+    async def ingesting(request: Request) -> AsyncIterator[bytes]:
+        length = request.headers.get("content-length")
+        reserve = int(length) if length and length.isdigit() else settings.max_body_bytes
+        async with budget.reserve(min(reserve, settings.max_body_bytes)):
+            yield await read_body(request)
+
+    async def ingest(kind: str, items: list, request: Request, **kw: Any) -> IngestResult:
+        try:
+            return await pipe.ingest(kind, items, channel="http", source=request.url.path,
+                                     admit_timeout=settings.admit_timeout, **kw)
+        except (WriterBusy, WriterClosed) as exc:
+            raise ApiError(503, f"overloaded, retry later ({exc})", headers={"Retry-After": RETRY_AFTER},
+                           dead_letter=False) from None
+
+    def decode_one(body: bytes, kind: type) -> Any:
+        try:
+            return msgspec.json.decode(body, type=kind)
+        except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
+            e = decode_error(0, exc)
+            raise ApiError(422, str(e), errors=[{"field": e.field, "error": str(e)}]) from None
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "body is nested too deeply") from None
+
+    def single_result(result: IngestResult) -> Response:
+        if result.errors:
+            e = result.errors[0]
+            raise ApiError(422, str(e), errors=[{"field": e.field, "error": str(e)}], dead_letter=False)
+        return _json(202, {"status": "accepted", "accepted": result.accepted})
+
+    schema = {name: {"$ref": f"#/components/schemas/{name}"}
+              for name in ("Reading", "ReadingBatch", "MilkSession", "TelemetryMessage")}
+
+    def body_doc(name: str, example: Any) -> dict[str, Any]:
+        return {"requestBody": {"required": True, "content": {"application/json": {
+            "schema": schema[name], "example": example}}}}
+
+    now = datetime(2026, 2, 2, 12, 55, 10, tzinfo=UTC).isoformat()
+    reading_example = {"device_uid": "ENV-FARM01-BARN01-Z01", "device_type": "env_sensor", "farm_id": 1,
+                       "metric_name": "temperature_c", "metric_value": 22.5, "metric_unit": "degC",
+                       "timestamp": now, "zone_id": 1}
+    errors_doc = {c: {"description": d} for c, d in {
+        400: "unparsable body", 401: "missing or invalid API key", 403: "the key may not use this farm",
+        413: "body over the limit", 415: "not JSON", 422: "invalid item, the field named",
+        503: "overloaded: retry after Retry-After seconds"}.items()}
+
+    # --- ingest ------------------------------------------------------------------------------
+
+    @app.post("/api/v1/ingest/sensor", status_code=202, tags=["ingest"], responses=errors_doc,
+              openapi_extra=body_doc("Reading", reading_example))
+    async def ingest_sensor(request: Request) -> Response:
+        """Store one reading; 202 once it is committed."""
+        async with ingesting(request) as body:
+            reading = decode_one(body, Reading)
+            await authorise(request, "write", {reading.farm_id})
+            return single_result(await ingest("sensor", [reading], request, raw=[body]))
+
+    @app.post("/api/v1/ingest/sensor/batch", tags=["ingest"], responses=errors_doc,
+              openapi_extra=body_doc("ReadingBatch", {"readings": [reading_example]}))
+    async def ingest_batch(request: Request) -> Response:
+        """Store up to 10,000 readings; valid ones are kept, each invalid one is reported by index."""
+        async with ingesting(request) as body:
+            try:
+                items, decode_errors = decode_batch(body)
+            except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
+                raise ApiError(422, f"body must be {{\"readings\": [...]}}: {exc}") from None
+            except msgspec.DecodeError as exc:
+                raise ApiError(400, f"body is not valid JSON: {exc}") from None
+            except RecursionError:
+                raise ApiError(400, "body is nested too deeply") from None
+            if len(items) > MAX_BATCH:
+                raise ApiError(413, f"{len(items)} readings in one batch; at most {MAX_BATCH}")
+            await authorise(request, "write", {r.farm_id for r in items if r is not None})
+            raw = None
+            if decode_errors:  # dead letters keep the items as sent
+                raw = [bytes(r) for r in msgspec.json.decode(body, type=RawBatch).readings]
+            result = await ingest("sensor", items, request, decode_errors=decode_errors, raw=raw)
+            return _json(200, {"accepted": result.accepted, "rejected": len(result.errors),
+                               "errors": _item_errors(result.errors)})
+
+    @app.post("/api/v1/ingest/milk-production", status_code=202, tags=["ingest"], responses=errors_doc,
+              openapi_extra=body_doc("MilkSession", {
+                  "milk_meter_id": "MM-01-03", "farm_id": 1, "session_id": "SES-20260202-001-001",
+                  "animal_id": "COW-12345", "yield_kg": 14.2, "conductivity_ms": 4.5, "timestamp": now}))
+    async def ingest_milk(request: Request) -> Response:
+        """Store one milking session; 202 once it is committed."""
+        async with ingesting(request) as body:
+            session = decode_one(body, MilkSession)
+            await authorise(request, "write", {session.farm_id})
+            return single_result(await ingest("milk", [session], request, raw=[body]))
+
+    @app.post("/api/v1/ingest/telemetry", tags=["ingest"], responses=errors_doc,
+              openapi_extra=body_doc("TelemetryMessage", {
+                  "topic": "dairy/farm/1/barn/1/zone/1/sensor/ENV-FARM01-BARN01-Z01/telemetry",
+                  "payload": {"timestamp": now, "readings": {"temperature_c": 22.5, "humidity_percent": 65.0}}}))
+    async def ingest_telemetry(request: Request) -> Response:
+        """An MQTT payload of contract section 4 with its topic, stored as it would be over MQTT."""
+        async with ingesting(request) as body:
+            message = decode_one(body, TelemetryMessage)
+            try:
+                mapped = decode_message(message.topic, bytes(message.payload))
+            except TopicError as exc:
+                raise ApiError(422, f"topic: {exc}", errors=[{"field": "topic", "error": str(exc)}]) from None
+            except msgspec.ValidationError as exc:
+                e = decode_error(0, exc)
+                field = f"payload.{e.field}" if e.field else "payload"
+                raise ApiError(422, f"{field}: {e.reason}", errors=[{"field": field, "error": e.reason}]) from None
+            except msgspec.DecodeError as exc:
+                raise ApiError(400, f"payload is not valid JSON: {exc}") from None
+            farm = {x.farm_id for x in (*mapped.readings, *mapped.milk, *mapped.rfid)}
+            await authorise(request, "write", farm)
+            accepted, errors = 0, []
+            for kind, items in (("sensor", mapped.readings), ("milk", mapped.milk), ("rfid", mapped.rfid)):
+                if items:
+                    result = await ingest(kind, items, request, raw=[body] * len(items))
+                    accepted += result.accepted
+                    errors += result.errors
+            return _json(200, {"accepted": accepted, "rejected": len(errors), "errors": _item_errors(errors)})
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def readable(key: ApiKey, farm_ids: set[int]) -> None:
+        if not farm_ids <= key.farm_ids:
+            raise ApiError(403, "this API key may not read this device's farm", dead_letter=False)
+
+    @app.get("/api/v1/query/sensor/latest/{device_uid}", tags=["query"])
+    async def latest(request: Request, device_uid: Annotated[str, Path(max_length=64)]) -> Response:
+        """The newest reading of each metric of a device."""
+        key = await authorise(request, "read")
+        async with pipe.pool.acquire() as conn:
+            rows = await conn.fetch(LATEST_SQL, device_uid)
+        device = pipe.registry.current.devices.get(device_uid)
+        if not rows and device is None:
+            raise ApiError(404, f"unknown device {device_uid!r}", dead_letter=False)
+        readable(key, {r["farm_id"] for r in rows} | ({device.farm_id} if device else set()))
+        return _json(200, {"device_uid": device_uid, "readings": [
+            {**dict(r), "time": r["time"].isoformat()} for r in rows]})
+
+    @app.get("/api/v1/query/sensor/range", tags=["query"])
+    async def sensor_range(
+        request: Request,
+        device_uid: Annotated[str, Query(max_length=64)],
+        metric_name: Annotated[str, Query(max_length=64)],
+        start_time: datetime,
+        end_time: datetime,
+        aggregation: Literal["raw", "15min", "hourly", "daily"] = "raw",
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
+    ) -> Response:
+        """A metric of a device over [start_time, end_time): raw readings or rollup buckets."""
+        key = await authorise(request, "read")
+        start, end = (t if t.tzinfo else t.replace(tzinfo=UTC) for t in (start_time, end_time))
+        if end <= start:
+            raise ApiError(422, "end_time must be after start_time", dead_letter=False)
+        async with pipe.pool.acquire() as conn:
+            rows = await conn.fetch(RANGE_SQL[aggregation], device_uid, metric_name, start, end, limit)
+        readable(key, {r["farm_id"] for r in rows})
+        return _json(200, {"device_uid": device_uid, "metric_name": metric_name, "aggregation": aggregation,
+                           "data": [{**{k: v for k, v in r.items() if k != "farm_id"}, "time": r["time"].isoformat()}
+                                    for r in rows]})
+
+    @app.get("/api/v1/stats/ingestion", tags=["query"])
+    async def stats(request: Request) -> Response:
+        """Readings in the last hour and 24 hours, active devices, queue depth, storage profile (the key's farms)."""
+        key = await authorise(request, "read")
+        farms = sorted(key.farm_ids)
+        async with pipe.pool.acquire() as conn:
+            row = await conn.fetchrow(STATS_SQL, farms)
+        return _json(200, {**dict(row), "farms": farms, "queue_depth": pipe.pending_rows,
+                           "storage_profile": pipe.profile})
+
+    # --- operations --------------------------------------------------------------------------
+
+    @app.get("/health", tags=["operations"])
+    async def health() -> Response:
+        """Database and broker state, storage profile, queue depth and writer lag; 503 when the database is down."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(1.0):
+                async with pipe.pool.acquire() as conn:
+                    await conn.fetchval("SELECT 1")
+            database = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
+        except Exception as exc:  # any failure means "not healthy", which is what this endpoint reports
+            database = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        broker = await _probe_broker(settings.mqtt_host, settings.mqtt_port)
+        body = {"status": "ok" if database["ok"] else "unavailable", "database": database, "broker": broker,
+                "storage_profile": pipe.profile, "queue_depth": pipe.pending_rows,
+                "writer_lag_seconds": round(pipe.lag_seconds, 3)}
+        return _json(200 if database["ok"] else 503, body)
+
+    @app.get("/metrics", tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus text format."""
+        return Response(generate_latest(pipe.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _, components = msgspec.json.schema_components(
+                (Reading, ReadingBatch, MilkSession, TelemetryMessage), ref_template="#/components/schemas/{name}")
+            spec.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+async def _probe_broker(host: str, port: int) -> dict[str, Any]:
+    """Whether the broker accepts TCP connections (the subscriber reports its own session state)."""
+    try:
+        async with asyncio.timeout(0.5):
+            _, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        return {"ok": True, "host": host, "port": port}
+    except (OSError, TimeoutError) as exc:
+        return {"ok": False, "host": host, "port": port, "error": str(exc) or type(exc).__name__}
+
+
+# Skip scan over the (device_uid, metric_name, time) key: one index probe per metric of the device
+# instead of reading all its rows, then the newest row of each metric.
+LATEST_SQL = """
+WITH RECURSIVE metrics(name) AS (
+    (SELECT metric_name FROM iot.sensor_data WHERE device_uid = $1 ORDER BY metric_name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT s.metric_name FROM iot.sensor_data s
+            WHERE s.device_uid = $1 AND s.metric_name > m.name ORDER BY s.metric_name LIMIT 1)
+    FROM metrics m WHERE m.name IS NOT NULL
+)
+SELECT l.* FROM metrics m CROSS JOIN LATERAL (
+    SELECT s.metric_name, s.time, s.metric_value AS value, s.metric_unit AS unit, s.data_quality, s.farm_id,
+           s.device_type, s.animal_id, s.zone_id, s.battery_level, s.signal_strength
+    FROM iot.sensor_data s WHERE s.device_uid = $1 AND s.metric_name = m.name
+    ORDER BY s.time DESC LIMIT 1) l
+WHERE m.name IS NOT NULL
+ORDER BY l.metric_name
+"""
+
+_RANGE_AGG = """
+SELECT bucket AS time, avg_value AS value, min_value, max_value, stddev_value, sample_count, farm_id
+FROM iot.{view} WHERE device_uid = $1 AND metric_name = $2 AND bucket >= $3 AND bucket < $4
+ORDER BY bucket LIMIT $5
+"""
+# One fixed statement per aggregation: the client picks among them, never writes SQL.
+RANGE_SQL = {
+    "raw": """
+SELECT time, metric_value AS value, metric_unit AS unit, data_quality, farm_id
+FROM iot.sensor_data WHERE device_uid = $1 AND metric_name = $2 AND time >= $3 AND time < $4
+ORDER BY time LIMIT $5
+""",
+    **{name: _RANGE_AGG.replace("{view}", view) for name, view in
+       (("15min", "sensor_data_15min"), ("hourly", "sensor_data_hourly"), ("daily", "sensor_data_daily"))},
+}
+
+# Counts from the 15-minute rollup (whole buckets), never by counting raw rows.
+STATS_SQL = """
+SELECT coalesce(sum(sample_count) FILTER (WHERE bucket >= now() - interval '1 hour'), 0)::bigint AS readings_last_hour,
+       coalesce(sum(sample_count), 0)::bigint AS readings_last_24h,
+       (SELECT count(*) FROM iot.device_state
+        WHERE farm_id = ANY($1) AND last_seen > now() - interval '1 hour') AS active_devices
+FROM iot.sensor_data_15min
+WHERE bucket >= now() - interval '24 hours' AND farm_id = ANY($1)
+"""
+

@@ -1,0 +1,137 @@
+"""The ingestor's running parts, shared by the HTTP API and the MQTT subscriber: the database pool,
+the registry cache, one writer per table, and the background loops (registry refresh, device state,
+maintenance). `ingest` is the one path every item takes: validate, write, dead-letter the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from . import maintenance
+from .config import Settings
+from .device_state import DeviceStates
+from .metrics import Metrics, build_metrics
+from .registry import RegistryCache
+from .storage import stored_profile
+from .tables import DEAD_LETTERS, MILK_PRODUCTION, RFID_EVENTS, SENSOR_DATA, Table
+from .validation import Context, ItemError, Validated, validate_milk, validate_readings, validate_rfid
+from .writer import Writer
+
+log = logging.getLogger(__name__)
+
+# Largest payload kept in a dead letter: enough to see what was wrong, bounded whatever is sent.
+DEAD_LETTER_MAX_CHARS = 1 << 20
+
+KINDS: dict[str, tuple[Table, Callable[..., Validated]]] = {
+    "sensor": (SENSOR_DATA, validate_readings),
+    "milk": (MILK_PRODUCTION, validate_milk),
+    "rfid": (RFID_EVENTS, validate_rfid),
+}
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    errors: list[ItemError] = field(default_factory=list)
+
+
+def payload_text(payload: bytes | str) -> str:
+    """What a dead letter keeps of a payload: text (bad bytes escaped, NUL spelled out), bounded."""
+    text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
+    if len(text) > DEAD_LETTER_MAX_CHARS:
+        text = f"{text[:DEAD_LETTER_MAX_CHARS]}...[{len(text) - DEAD_LETTER_MAX_CHARS} more characters]"
+    return text.replace("\x00", "\\x00")
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None, *, background: bool = True) -> None:
+        self.settings = settings
+        self.metrics = metrics or build_metrics()
+        self.registry = RegistryCache()
+        self.device_states = DeviceStates()
+        self.profile = "unknown"
+        self.pool: asyncpg.Pool | None = None
+        self.writers: dict[str, Writer] = {}
+        self.dead_letters: Writer | None = None
+        self._background = background
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        self.pool = await asyncpg.create_pool(s.dsn, min_size=1, max_size=s.pool_size)
+        async with self.pool.acquire() as conn:
+            self.profile = await stored_profile(conn) or "unknown"
+            await self.registry.refresh(conn)
+        common = dict(batch_rows=s.batch_rows, batch_delay=s.batch_delay, max_pending_rows=s.max_pending_rows,
+                      metrics=self.metrics)
+        self.writers = {kind: Writer(self.pool, table, **common,
+                                     on_commit=self.device_states.note if table is SENSOR_DATA else None)
+                        for kind, (table, _) in KINDS.items()}
+        self.dead_letters = Writer(self.pool, DEAD_LETTERS, **common)
+        self._tasks = [asyncio.create_task(self.registry.run(self.pool, s.registry_interval, self._stop)),
+                       asyncio.create_task(self.device_states.run(self.pool, 1.0, self._stop))]
+        if self._background:
+            self._tasks.append(asyncio.create_task(
+                maintenance.run_forever(s.dsn, s.maintenance_interval, metrics=self.metrics, stop=self._stop)))
+
+    async def stop(self) -> None:
+        """Commit what was accepted, stop the loops, close the pool."""
+        for writer in (*self.writers.values(), self.dead_letters):
+            if writer is not None:
+                await writer.close()
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pool is not None:
+            await self.pool.close()
+
+    @property
+    def pending_rows(self) -> int:
+        return sum(w.pending_rows for w in self.writers.values())
+
+    @property
+    def lag_seconds(self) -> float:
+        return max((w.lag_seconds for w in self.writers.values()), default=0.0)
+
+    async def ingest(self, kind: str, items: Sequence[Any], *, channel: str, source: str,
+                     decode_errors: Sequence[ItemError] = (),
+                     raw: Sequence[bytes] | None = None, admit_timeout: float | None = None) -> IngestResult:
+        """Validate decoded `items` (None where decoding failed, with `decode_errors`), store the valid
+        ones durably, dead-letter the rest; return once both are committed.
+        """
+        table, validate = KINDS[kind]
+        validated = validate(items, Context(self.registry.current))
+        errors = [*decode_errors, *validated.errors]
+        letters = []
+        if errors:
+            now = datetime.now(UTC)
+            for e in errors:
+                item = raw[e.index] if raw is not None else msgspec.json.encode(items[e.index])
+                letters.append((now, channel, source, payload_text(item), msgspec.json.encode([e.as_json()]).decode()))
+        writes = [self.writers[kind].write(validated.rows, channel=channel, source=source, admit_timeout=admit_timeout)]
+        if letters:
+            writes.append(self.dead_letters.write(letters, channel=channel, source=source))
+        stored, *_ = await asyncio.gather(*writes)
+        for index, reason in stored.rejected:  # the writer has dead-lettered these itself
+            errors.append(ItemError(validated.indexes[index], None, f"not storable: {reason}"))
+        self.metrics.items_accepted.labels(channel=channel, table=table.name).inc(stored.stored)
+        for e in errors:
+            self.metrics.items_rejected.labels(channel=channel, reason=e.field or "item").inc()
+        errors.sort(key=lambda e: e.index)
+        return IngestResult(stored.stored, errors)
+
+    async def reject(self, *, channel: str, source: str, payload: bytes | str, reason: str,
+                     field_name: str | None = None) -> None:
+        """Dead-letter a whole message that could not be taken apart (bad body, topic, auth)."""
+        error = msgspec.json.encode([{"field": field_name, "error": reason}]).decode()
+        self.metrics.items_rejected.labels(channel=channel, reason=field_name or "message").inc()
+        await self.dead_letters.write([(datetime.now(UTC), channel, source, payload_text(payload), error)],
+                                      channel=channel, source=source)

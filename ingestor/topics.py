@@ -1,0 +1,224 @@
+"""The MQTT topic tree of contract section 4 and its payloads, mapped to the structs validation takes.
+
+One table of patterns serves the MQTT subscriber (its subscriptions are derived from it) and the
+HTTP telemetry endpoint, so a device's message means the same on both paths. Identifiers in the
+topic win over the payload's; a disagreement is recorded in the rows' metadata.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from .validation import EPC, ID, MILK_KG_PER_L, NAME, READ_COUNT, RSSI, SHORT, MilkSession, Reading, RfidRead
+
+# kind -> pattern; {name} is one topic level, an integer where the name is in INT_LEVELS.
+TOPICS: dict[str, str] = {
+    "environment": "dairy/farm/{farm_id}/barn/{barn_id}/zone/{zone_id}/sensor/{sensor_id}/telemetry",
+    "collar": "dairy/farm/{farm_id}/animal/{animal_id}/activity/telemetry",
+    "milking": "dairy/farm/{farm_id}/milking/parlor/{parlor_id}/stall/{stall_id}/session/end",
+    "rfid": "dairy/farm/{farm_id}/rfid/gate/{gate_id}/tag/read",
+    "status": "system/farm/{farm_id}/device/{device_id}/status",
+}
+ALERT_TOPIC = "dairy/farm/{farm_id}/alert/{severity}/{category}"
+INT_LEVELS = frozenset({"farm_id", "barn_id", "zone_id", "parlor_id", "stall_id"})
+_PATTERNS = {kind: pattern.split("/") for kind, pattern in TOPICS.items()}
+
+
+def subscriptions(group: str = "") -> list[str]:
+    """MQTT filters for every topic kind; with a group, shared subscriptions ($share/group/...)."""
+    filters = ["/".join("+" if p.startswith("{") else p for p in parts) for parts in _PATTERNS.values()]
+    return [f"$share/{group}/{f}" for f in filters] if group else filters
+
+
+class TopicError(ValueError):
+    """The topic is not one of contract section 4's."""
+
+
+def parse_topic(topic: str) -> tuple[str, dict[str, Any]]:
+    """(kind, identifiers) of a topic; raises TopicError naming what does not match."""
+    levels = topic.split("/")
+    for kind, parts in _PATTERNS.items():
+        if len(parts) != len(levels) or any(p != v for p, v in zip(parts, levels, strict=True) if p[0] != "{"):
+            continue
+        ids: dict[str, Any] = {}
+        for p, v in zip(parts, levels, strict=True):
+            if p[0] == "{":
+                name = p[1:-1]
+                if name in INT_LEVELS:
+                    if not v.isdigit() or not 0 < int(v) < 2**31:
+                        raise TopicError(f"topic level {name} must be a positive integer, got {v!r}")
+                    ids[name] = int(v)
+                elif not v or len(v) > 64 or not v.isprintable():
+                    raise TopicError(f"topic level {name} is not a valid identifier: {v!r}")
+                else:
+                    ids[name] = v
+        return kind, ids
+    raise TopicError(f"unknown topic {topic!r}: expected one of {', '.join(TOPICS.values())}")
+
+
+_WHEN = datetime | float | None
+_LEVEL = Annotated[int, msgspec.Meta(ge=0, le=100)] | None
+_SIGNAL = Annotated[int, msgspec.Meta(ge=-200, le=100)] | None
+
+
+class EnvironmentPayload(msgspec.Struct, kw_only=True):
+    readings: dict[NAME, float]
+    timestamp: _WHEN = None
+    device_id: ID | None = None
+    farm_id: int | None = None
+    zone_id: int | None = None
+    sensor_type: NAME | None = None
+    battery_level: _LEVEL = None
+    signal_strength: _SIGNAL = None
+
+
+# Collar payload keys stored as readings, and the metric each becomes (the collar's temperature is the cow's).
+COLLAR_METRICS = {"activity_index": "activity_index", "activity_score": "activity_score",
+                  "rumination_minutes": "rumination_minutes", "eating_minutes": "eating_minutes",
+                  "resting_minutes": "resting_minutes", "temperature_c": "body_temperature_c"}
+
+
+class CollarPayload(msgspec.Struct, kw_only=True):
+    timestamp: _WHEN = None
+    device_id: ID | None = None
+    animal_id: ID | None = None
+    farm_id: int | None = None
+    activity_index: float | None = None
+    activity_score: float | None = None
+    rumination_minutes: float | None = None
+    eating_minutes: float | None = None
+    resting_minutes: float | None = None
+    temperature_c: float | None = None
+    battery_level: _LEVEL = None
+    signal_strength: _SIGNAL = None
+
+
+class SessionTimes(msgspec.Struct):
+    start_time: _WHEN = None
+    end_time: _WHEN = None
+    duration_seconds: Annotated[int, msgspec.Meta(ge=0, le=86_400)] | None = None
+
+
+class MilkData(msgspec.Struct):
+    total_volume_liters: float
+    average_flow_lpm: float | None = None
+    peak_flow_lpm: float | None = None
+    temperature_celsius: float | None = None
+    conductivity_ms_cm: float | None = None
+
+
+class QualityFlags(msgspec.Struct):
+    blood_detected: bool = False
+
+
+class MilkingPayload(msgspec.Struct, kw_only=True):
+    session_id: ID
+    milk_data: MilkData
+    timestamp: _WHEN = None
+    animal_id: ID | None = None
+    device_id: ID | None = None
+    session_data: SessionTimes = msgspec.field(default_factory=SessionTimes)
+    quality_flags: QualityFlags = msgspec.field(default_factory=QualityFlags)
+    quality_score: float | None = None
+
+
+class RfidPayload(msgspec.Struct, kw_only=True):
+    reader_id: ID
+    tag_epc: EPC
+    timestamp: _WHEN = None
+    antenna_id: Annotated[int, msgspec.Meta(ge=0, le=65_535)] | None = None
+    animal_id: ID | None = None
+    rssi: RSSI | None = None
+    read_count: READ_COUNT = 1
+    direction: SHORT | None = None
+
+
+class StatusPayload(msgspec.Struct, kw_only=True):
+    timestamp: _WHEN = None
+    device_type: NAME = "unknown"
+    battery_level: _LEVEL = None
+    signal_strength: _SIGNAL = None
+    firmware_version: SHORT | None = None
+
+
+PAYLOADS: dict[str, type[msgspec.Struct]] = {
+    "environment": EnvironmentPayload, "collar": CollarPayload, "milking": MilkingPayload,
+    "rfid": RfidPayload, "status": StatusPayload,
+}
+_DECODERS = {kind: msgspec.json.Decoder(t) for kind, t in PAYLOADS.items()}
+
+
+@dataclass
+class Mapped:
+    """What one message becomes: readings, milking sessions and RFID reads, ready for validation."""
+
+    readings: list[Reading] = field(default_factory=list)
+    milk: list[MilkSession] = field(default_factory=list)
+    rfid: list[RfidRead] = field(default_factory=list)
+
+
+def _mismatches(ids: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """Payload identifiers that disagree with the topic's (the topic's are used)."""
+    return {k: v for k, v in payload.items() if v is not None and k in ids and ids[k] != v}
+
+
+def _meta(mismatch: dict[str, Any], **extra: Any) -> dict[str, Any] | None:
+    meta = {k: v for k, v in extra.items() if v is not None}
+    if mismatch:
+        meta["payload_disagrees_with_topic"] = mismatch
+    return meta or None
+
+
+def decode_message(topic: str, payload: bytes) -> Mapped:
+    """Map a message to rows; raises TopicError or msgspec errors naming what is wrong."""
+    kind, ids = parse_topic(topic)
+    p = _DECODERS[kind].decode(payload)
+    farm = ids["farm_id"]
+    out = Mapped()
+    if kind == "environment":
+        uid = ids["sensor_id"]
+        meta = _meta(_mismatches({"device_id": uid, "farm_id": farm, "zone_id": ids["zone_id"]},
+                                 {"device_id": p.device_id, "farm_id": p.farm_id, "zone_id": p.zone_id}),
+                     barn_id=ids["barn_id"])
+        out.readings = [Reading(device_uid=uid, device_type=p.sensor_type or "env_sensor", farm_id=farm,
+                                metric_name=name, metric_value=value, timestamp=p.timestamp, zone_id=ids["zone_id"],
+                                battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
+                        for name, value in p.readings.items()]
+    elif kind == "collar":
+        uid = p.device_id or f"COLLAR-{farm}-{ids['animal_id']}"
+        meta = _meta(_mismatches({"animal_id": ids["animal_id"], "farm_id": farm},
+                                 {"animal_id": p.animal_id, "farm_id": p.farm_id}))
+        out.readings = [Reading(device_uid=uid, device_type="collar", farm_id=farm, metric_name=metric,
+                                metric_value=value, timestamp=p.timestamp, animal_id=ids["animal_id"],
+                                battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
+                        for key, metric in COLLAR_METRICS.items() if (value := getattr(p, key)) is not None]
+    elif kind == "milking":
+        m, s = p.milk_data, p.session_data
+        meta = _meta(_mismatches({"animal_id": p.animal_id}, {}), parlor_id=ids["parlor_id"],
+                     stall_id=ids["stall_id"], volume_liters=m.total_volume_liters, peak_flow_lpm=m.peak_flow_lpm,
+                     quality_score=p.quality_score)
+        out.milk = [MilkSession(
+            milk_meter_id=p.device_id or f"STALL-{farm}-{ids['parlor_id']}-{ids['stall_id']}", farm_id=farm,
+            session_id=p.session_id, yield_kg=m.total_volume_liters * MILK_KG_PER_L, animal_id=p.animal_id,
+            timestamp=p.timestamp or s.end_time, duration_seconds=s.duration_seconds,
+            flow_rate_kg_min=None if m.average_flow_lpm is None else m.average_flow_lpm * MILK_KG_PER_L,
+            conductivity_ms=m.conductivity_ms_cm, temperature_c=m.temperature_celsius,
+            blood_detected=p.quality_flags.blood_detected, session_start=s.start_time, session_end=s.end_time,
+            meter_status="ok", metadata=meta)]
+    elif kind == "rfid":
+        out.rfid = [RfidRead(reader_id=p.reader_id, farm_id=farm, tag_epc=p.tag_epc, antenna_id=p.antenna_id,
+                             animal_id=p.animal_id, rssi=p.rssi, direction=p.direction, read_count=p.read_count,
+                             timestamp=p.timestamp)]
+    else:  # status: battery and signal are stored as readings, so they have a history and alerts
+        uid = ids["device_id"]
+        meta = _meta({}, firmware_version=p.firmware_version)
+        out.readings = [Reading(device_uid=uid, device_type=p.device_type, farm_id=farm, metric_name=name,
+                                metric_value=float(value), timestamp=p.timestamp, battery_level=p.battery_level,
+                                signal_strength=p.signal_strength, metadata=meta)
+                        for name, value in (("battery_level", p.battery_level),
+                                            ("signal_strength", p.signal_strength)) if value is not None]
+    return out
