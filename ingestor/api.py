@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -193,15 +193,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                            dead_letter=False) from None
 
     def decode_one(body: bytes, kind: type) -> Any:
-        try:
+        with _decoding():
             return msgspec.json.decode(body, type=kind)
-        except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
-            e = decode_error(0, exc)
-            raise ApiError(422, str(e), errors=[{"field": e.field, "error": str(e)}]) from None
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"body is not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ApiError(400, "body is nested too deeply") from None
 
     def single_result(result: IngestResult) -> Response:
         if result.errors:
@@ -241,14 +234,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     async def ingest_batch(request: Request) -> Response:
         """Store up to 10,000 readings; valid ones are kept, each invalid one is reported by index."""
         async with ingesting(request) as body:
-            try:
+            with _decoding():
                 items, decode_errors = decode_batch(body)
-            except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
-                raise ApiError(422, f"body must be {{\"readings\": [...]}}: {exc}") from None
-            except msgspec.DecodeError as exc:
-                raise ApiError(400, f"body is not valid JSON: {exc}") from None
-            except RecursionError:
-                raise ApiError(400, "body is nested too deeply") from None
             if len(items) > MAX_BATCH:
                 raise ApiError(413, f"{len(items)} readings in one batch; at most {MAX_BATCH}")
             await authorise(request, "write", {r.farm_id for r in items if r is not None})
@@ -279,15 +266,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         async with ingesting(request) as body:
             message = decode_one(body, TelemetryMessage)
             try:
-                mapped = decode_message(message.topic, bytes(message.payload))
+                with _decoding("payload."):
+                    mapped = decode_message(message.topic, bytes(message.payload))
             except TopicError as exc:
                 raise ApiError(422, f"topic: {exc}", errors=[{"field": "topic", "error": str(exc)}]) from None
-            except msgspec.ValidationError as exc:
-                e = decode_error(0, exc)
-                field = f"payload.{e.field}" if e.field else "payload"
-                raise ApiError(422, f"{field}: {e.reason}", errors=[{"field": field, "error": e.reason}]) from None
-            except msgspec.DecodeError as exc:
-                raise ApiError(400, f"payload is not valid JSON: {exc}") from None
             farm = {x.farm_id for x in (*mapped.readings, *mapped.milk, *mapped.rfid)}
             await authorise(request, "write", farm)
             accepted, errors = 0, []
@@ -384,6 +366,22 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+@contextmanager
+def _decoding(prefix: str = "") -> Iterator[None]:
+    """Decoding failures as client errors: 422 naming the field for JSON of the wrong shape, else 400."""
+    try:
+        yield
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: first
+        e = decode_error(0, exc)
+        field = f"{prefix}{e.field}" if e.field else prefix.rstrip(".") or None
+        detail = f"{field}: {e.reason}" if field else e.reason
+        raise ApiError(422, detail, errors=[{"field": field, "error": detail}]) from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"{prefix.rstrip('.') or 'body'} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"{prefix.rstrip('.') or 'body'} is nested too deeply") from None
 
 
 async def _probe_broker(host: str, port: int) -> dict[str, Any]:

@@ -182,10 +182,13 @@ def decode_batch(body: bytes) -> tuple[list[Reading | None], list[ItemError]]:
     for i, item in enumerate(raw):
         try:
             items.append(decode(item))
-        except (msgspec.ValidationError, RecursionError) as exc:
+        except msgspec.ValidationError as exc:
             items.append(None)
-            errors.append(decode_error(i, exc) if isinstance(exc, msgspec.ValidationError)
-                          else ItemError(i, None, "nested too deeply"))
+            errors.append(decode_error(i, exc))
+        except (RecursionError, UnicodeDecodeError) as exc:
+            items.append(None)
+            errors.append(ItemError(i, None, "nested too deeply" if isinstance(exc, RecursionError)
+                                    else f"not UTF-8: {exc}"))
     return items, errors
 
 
