@@ -115,8 +115,8 @@ def http_bodies(rows: list[tuple], batch: int = HTTP_BATCH) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def _server(dsn: str) -> AsyncIterator[str]:
-    """`smart-dairy serve` in its own process, as deployed; yields its base URL once it is healthy."""
+async def running_server(dsn: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+    """`smart-dairy serve` in its own process, as deployed; yields (base URL, process) once it is healthy."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -137,10 +137,11 @@ async def _server(dsn: str) -> AsyncIterator[str]:
                 await asyncio.sleep(0.05)
             else:
                 raise RuntimeError("the server did not become healthy in 10 s")
-        yield url
+        yield url, proc
     finally:
-        proc.terminate()
-        await proc.wait()
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
 
 
 async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: int) -> tuple[Figure, list[float]]:
@@ -150,7 +151,8 @@ async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: in
     queue = list(reversed(bodies))
     progress = tqdm(total=rows, desc="HTTP batches", unit="row", unit_scale=True, leave=False)
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
-    async with _server(dsn) as url, httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client:
+    async with (running_server(dsn) as (url, _),
+                httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client):
 
         async def post() -> None:
             while queue:
