@@ -291,7 +291,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         """The newest reading of each metric of a device."""
         key = await authorise(request, "read")
         async with pipe.pool.acquire() as conn:
-            rows = await conn.fetch(LATEST_SQL, device_uid)
+            rows = await conn.fetch(LATEST_SQL, device_uid) or await conn.fetch(LATEST_SCAN_SQL, device_uid)
         device = pipe.registry.current.devices.get(device_uid)
         if not rows and device is None:
             raise ApiError(404, f"unknown device {device_uid!r}", dead_letter=False)
@@ -395,9 +395,23 @@ async def _probe_broker(host: str, port: int) -> dict[str, Any]:
         return {"ok": False, "host": host, "port": port, "error": str(exc) or type(exc).__name__}
 
 
-# Skip scan over the (device_uid, metric_name, time) key: one index probe per metric of the device
-# instead of reading all its rows, then the newest row of each metric.
+# The newest row of each metric of a device, each index probe starting at the metric's newest time
+# noted in iot.device_state, so only the newest partitions are opened (runtime partition pruning).
 LATEST_SQL = """
+SELECT l.* FROM iot.device_state d
+CROSS JOIN LATERAL jsonb_each_text(d.metric_times) AS m(name, seen)
+CROSS JOIN LATERAL (
+    SELECT s.metric_name, s.time, s.metric_value AS value, s.metric_unit AS unit, s.data_quality, s.farm_id,
+           s.device_type, s.animal_id, s.zone_id, s.battery_level, s.signal_strength
+    FROM iot.sensor_data s
+    WHERE s.device_uid = d.device_uid AND s.metric_name = m.name AND s.time >= m.seen::timestamptz
+    ORDER BY s.time DESC LIMIT 1) l
+WHERE d.device_uid = $1
+ORDER BY l.metric_name
+"""
+# Until a device's state is first flushed (within a second of its first rows): a skip scan over the
+# (device_uid, metric_name, time) key, one probe of every partition per metric.
+LATEST_SCAN_SQL = """
 WITH RECURSIVE metrics(name) AS (
     (SELECT metric_name FROM iot.sensor_data WHERE device_uid = $1 ORDER BY metric_name LIMIT 1)
     UNION ALL

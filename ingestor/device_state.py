@@ -1,4 +1,5 @@
-"""Each device's newest reading, for iot.device_current_status.
+"""Each device's newest reading, for iot.device_current_status, and each metric's newest time, for
+the latest-reading query.
 
 Kept in memory from committed batches and upserted once a second in its own transaction: one
 statement per device per second instead of per batch, and no row locks shared between the
@@ -9,8 +10,10 @@ the last second of `last_seen`, which the next readings restore.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 import asyncpg
 
@@ -19,51 +22,72 @@ from .tables import SENSOR_DATA
 
 log = logging.getLogger(__name__)
 
-_TIME, _UID, _TYPE, _FARM, _BATTERY, _SIGNAL = (
-    SENSOR_DATA.index(c) for c in ("time", "device_uid", "device_type", "farm_id", "battery_level", "signal_strength"))
+_TIME, _UID, _TYPE, _FARM, _METRIC, _BATTERY, _SIGNAL = (
+    SENSOR_DATA.index(c) for c in ("time", "device_uid", "device_type", "farm_id", "metric_name", "battery_level",
+                                   "signal_strength"))
 
+# A late batch still advances the metric times it carries; battery and signal come from the newest row.
 _UPSERT = """
-    INSERT INTO iot.device_state AS s (device_uid, device_type, farm_id, last_seen, battery_level, signal_strength)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::smallint[], $6::smallint[])
+    INSERT INTO iot.device_state AS s (device_uid, device_type, farm_id, last_seen, battery_level, signal_strength,
+                                       metric_times)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::timestamptz[], $5::smallint[], $6::smallint[],
+                         $7::jsonb[])
     ON CONFLICT (device_uid) DO UPDATE SET
         device_type = excluded.device_type,
         farm_id = excluded.farm_id,
-        last_seen = excluded.last_seen,
-        battery_level = coalesce(excluded.battery_level, s.battery_level),
-        signal_strength = coalesce(excluded.signal_strength, s.signal_strength),
+        last_seen = greatest(s.last_seen, excluded.last_seen),
+        battery_level = CASE WHEN excluded.last_seen >= s.last_seen
+                             THEN coalesce(excluded.battery_level, s.battery_level) ELSE s.battery_level END,
+        signal_strength = CASE WHEN excluded.last_seen >= s.last_seen
+                               THEN coalesce(excluded.signal_strength, s.signal_strength) ELSE s.signal_strength END,
+        metric_times = s.metric_times || (
+            SELECT coalesce(jsonb_object_agg(k, v), '{}') FROM jsonb_each_text(excluded.metric_times) AS e(k, v)
+            WHERE s.metric_times->>k IS NULL OR (s.metric_times->>k)::timestamptz < v::timestamptz),
         updated_at = now()
-    WHERE excluded.last_seen >= s.last_seen
 """
 
 
 class DeviceStates:
-    """Newest reading per device, noted from committed batches, flushed to iot.device_state."""
+    """Newest reading per device and newest time per metric, noted from committed batches, flushed to
+    iot.device_state."""
 
     def __init__(self) -> None:
         self._latest: dict[str, tuple] = {}
+        self._metric_times: dict[tuple[str, str], datetime] = {}
 
     def note(self, rows: Sequence[tuple]) -> None:
-        """Remember the newest row per device of a committed batch (one C-level pass)."""
+        """Remember the newest row per device and time per metric of a committed batch."""
         newest = {r[_UID]: r for r in rows}  # a device's rows arrive in time order
         latest = self._latest
         for uid, row in newest.items():
             seen = latest.get(uid)
             if seen is None or row[_TIME] >= seen[_TIME]:
                 latest[uid] = row
+        times = self._metric_times
+        for key, t in {(r[_UID], r[_METRIC]): r[_TIME] for r in rows}.items():
+            if key not in times or t > times[key]:
+                times[key] = t
 
     async def flush(self, conn: asyncpg.Connection) -> int:
         """Upsert what was noted since the last flush; return the number of devices."""
         latest, self._latest = self._latest, {}
+        times, self._metric_times = self._metric_times, {}
         if not latest:
             return 0
+        per_device: dict[str, dict[str, str]] = {}
+        for (uid, metric), t in times.items():
+            per_device.setdefault(uid, {})[metric] = t.isoformat()
         rows = [latest[uid] for uid in sorted(latest)]  # one lock order for every flusher
         try:
             await conn.execute(_UPSERT, [r[_UID] for r in rows], [r[_TYPE] for r in rows],
                                [r[_FARM] for r in rows], [r[_TIME] for r in rows],
-                               [r[_BATTERY] for r in rows], [r[_SIGNAL] for r in rows])
+                               [r[_BATTERY] for r in rows], [r[_SIGNAL] for r in rows],
+                               [json.dumps(per_device.get(r[_UID], {})) for r in rows])
         except BaseException:
             for uid, row in latest.items():  # keep them for the next flush
                 self._latest.setdefault(uid, row)
+            for key, t in times.items():
+                self._metric_times.setdefault(key, t)
             raise
         return len(rows)
 

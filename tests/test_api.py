@@ -215,6 +215,14 @@ async def test_queries(api: Api) -> None:
         assert set(latest) == {"temperature_c", "humidity_percent"}
         assert latest["temperature_c"]["time"] == NOW.isoformat() and latest["temperature_c"]["value"] == 10.0
         assert (await c.get("/api/v1/query/sensor/latest/NOBODY")).status_code == 404
+        # Once the device's state is flushed, latest starts from each metric's noted time and still
+        # finds rows committed after the flush.
+        async with api.pipeline.pool.acquire() as conn:
+            await api.pipeline.device_states.flush(conn)
+        newer = reading(0, device_uid="Q-1", metric_value=30.0, timestamp=(NOW + timedelta(seconds=1)).isoformat())
+        assert (await c.post("/api/v1/ingest/sensor", json=newer)).status_code == 202
+        latest = {x["metric_name"]: x for x in (await c.get("/api/v1/query/sensor/latest/Q-1")).json()["readings"]}
+        assert latest["temperature_c"]["value"] == 30.0 and latest["humidity_percent"]["value"] == 50.0
         params = {"device_uid": "Q-1", "metric_name": "temperature_c",
                   "start_time": (NOW - timedelta(hours=3)).isoformat(),
                   "end_time": (NOW + timedelta(minutes=1)).isoformat()}
@@ -223,18 +231,18 @@ async def test_queries(api: Api) -> None:
         # aggregates after the next maintenance pass, as on TimescaleDB after the next refresh.
         async with api.pipeline.pool.acquire() as conn:
             await maintenance.run_once(conn)
-        assert raw["aggregation"] == "raw" and len(raw["data"]) == 120
+        assert raw["aggregation"] == "raw" and len(raw["data"]) == 121
         hourly = (await c.get("/api/v1/query/sensor/range", params={**params, "aggregation": "hourly"})).json()
-        assert sum(b["sample_count"] for b in hourly["data"]) == 120
+        assert sum(b["sample_count"] for b in hourly["data"]) == 121
         total = sum(b["value"] * b["sample_count"] for b in hourly["data"])
-        assert abs(total - sum(10.0 + k % 3 for k in range(120))) < 1e-6
+        assert abs(total - sum(10.0 + k % 3 for k in range(120)) - 30.0) < 1e-6
         weekly = await c.get("/api/v1/query/sensor/range", params={**params, "aggregation": "weekly"})
         assert weekly.status_code == 422
         assert (await c.get("/api/v1/query/sensor/range",
                             params={**params, "end_time": params["start_time"]})).status_code == 422
         assert (await c.get("/api/v1/query/sensor/range", params={"device_uid": "Q-1"})).status_code == 422
         stats = (await c.get("/api/v1/stats/ingestion")).json()
-        assert stats["readings_last_24h"] == 240 and stats["storage_profile"] == "postgres"
+        assert stats["readings_last_24h"] == 241 and stats["storage_profile"] == "postgres"
         assert stats["queue_depth"] == 0
 
 

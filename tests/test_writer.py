@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 import pytest
@@ -108,6 +108,10 @@ async def test_device_state_keeps_the_newest_reading(pool: asyncpg.Pool) -> None
     row = await pool.fetchrow("SELECT * FROM iot.device_current_status WHERE device_uid = 'D1'")
     assert row["last_seen"] == NOW - timedelta(minutes=1) and row["battery_level"] == 50
     assert row["status"] == "online"
+    # The late row's metric is still recorded, with its own time; the newer metric keeps its time.
+    times = json.loads(await pool.fetchval("SELECT metric_times FROM iot.device_state WHERE device_uid = 'D1'"))
+    assert {k: datetime.fromisoformat(v) for k, v in times.items()} == {
+        "activity": NOW - timedelta(minutes=1), "x": NOW - timedelta(minutes=10)}
     await writer.close()
 
 
