@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import apikeys
 from .config import Settings
+from .mqtt import Subscriber
 from .pipeline import IngestResult, Pipeline
 from .registry import ApiKey
 from .topics import TopicError, decode_message
@@ -87,15 +88,23 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     pipe = pipeline or Pipeline(settings)
     budget = InflightBudget(settings.max_inflight_bytes)
 
+    subscriber = Subscriber(pipe, settings) if owned and settings.mqtt_enabled else None
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if owned:
-            await pipe.start()
+        if not owned:
+            yield
+            return
+        await pipe.start()
+        stop = asyncio.Event()
+        listening = asyncio.create_task(subscriber.run(stop)) if subscriber else None
         try:
             yield
         finally:
-            if owned:
-                await pipe.stop()
+            stop.set()
+            if listening is not None:
+                await listening  # what was delivered is committed and acknowledged first
+            await pipe.stop()
 
     app = FastAPI(title="Smart Dairy IoT ingestor", version="1.0",
                   description="Ingest and query a dairy farm's sensor readings. Send `X-API-Key`.",
@@ -344,7 +353,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             database = {"ok": True, "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
         except Exception as exc:  # any failure means "not healthy", which is what this endpoint reports
             database = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        broker = await _probe_broker(settings.mqtt_host, settings.mqtt_port)
+        broker = (subscriber.status.as_json() if subscriber is not None
+                  else await _probe_broker(settings.mqtt_host, settings.mqtt_port))
         body = {"status": "ok" if database["ok"] else "unavailable", "database": database, "broker": broker,
                 "storage_profile": pipe.profile, "queue_depth": pipe.pending_rows,
                 "writer_lag_seconds": round(pipe.lag_seconds, 3)}

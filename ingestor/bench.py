@@ -115,12 +115,13 @@ def http_bodies(rows: list[tuple], batch: int = HTTP_BATCH) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def running_server(dsn: str) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
+async def running_server(dsn: str, env: dict[str, str] | None = None
+                         ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """`smart-dairy serve` in its own process, as deployed; yields (base URL, process) once it is healthy."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "SMART_DAIRY_DSN": dsn, "SMART_DAIRY_MAINTENANCE_INTERVAL": "3600"}
+    env = {**os.environ, "SMART_DAIRY_DSN": dsn, "SMART_DAIRY_MAINTENANCE_INTERVAL": "3600", **(env or {})}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingestor.cli", "serve", "--port", str(port),
                                                 env=env, stdout=asyncio.subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -151,7 +152,7 @@ async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: in
     queue = list(reversed(bodies))
     progress = tqdm(total=rows, desc="HTTP batches", unit="row", unit_scale=True, leave=False)
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
-    async with (running_server(dsn) as (url, _),
+    async with (running_server(dsn, {"SMART_DAIRY_MQTT_ENABLED": "false"}) as (url, _),
                 httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client):
 
         async def post() -> None:

@@ -17,6 +17,13 @@ class Settings(BaseSettings):
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = Field(1883, ge=1, le=65535)
     mqtt_group: str = ""
+    # A fixed id makes the broker keep our session (and the messages we have not acknowledged) while
+    # we are away; ingestor processes sharing a group need distinct ids.
+    mqtt_client_id: str = "smart-dairy-ingestor"
+    # Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum): the largest batch
+    # a burst can form while the previous one commits, and the bound on what is held in memory.
+    mqtt_receive_maximum: int = Field(10_000, ge=1, le=65_535)
+    mqtt_enabled: bool = True
     migrations_dir: Path = DEFAULT_MIGRATIONS
     # Writer: a batch is flushed when it holds batch_rows rows or its oldest row waited batch_delay s.
     batch_rows: int = Field(20_000, ge=1)

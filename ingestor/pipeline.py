@@ -102,10 +102,12 @@ class Pipeline:
         return max((w.lag_seconds for w in self.writers.values()), default=0.0)
 
     async def ingest(self, kind: str, items: Sequence[Any], *, channel: str, source: str,
-                     decode_errors: Sequence[ItemError] = (),
-                     raw: Sequence[bytes] | None = None, admit_timeout: float | None = None) -> IngestResult:
+                     decode_errors: Sequence[ItemError] = (), raw: Sequence[bytes] | None = None,
+                     sources: Sequence[str] | None = None, admit_timeout: float | None = None) -> IngestResult:
         """Validate decoded `items` (None where decoding failed, with `decode_errors`), store the valid
         ones durably, dead-letter the rest; return once both are committed.
+
+        A dead letter keeps `raw[i]` (else the item re-encoded) and `sources[i]` (else `source`).
         """
         table, validate = KINDS[kind]
         validated = validate(items, Context(self.registry.current))
@@ -115,7 +117,8 @@ class Pipeline:
             now = datetime.now(UTC)
             for e in errors:
                 item = raw[e.index] if raw is not None else msgspec.json.encode(items[e.index])
-                letters.append((now, channel, source, payload_text(item), msgspec.json.encode([e.as_json()]).decode()))
+                letters.append((now, channel, sources[e.index] if sources is not None else source, payload_text(item),
+                                msgspec.json.encode([e.as_json()]).decode()))
         writes = [self.writers[kind].write(validated.rows, channel=channel, source=source, admit_timeout=admit_timeout)]
         if letters:
             writes.append(self.dead_letters.write(letters, channel=channel, source=source))

@@ -7,6 +7,7 @@ topic win over the payload's; a disagreement is recorded in the rows' metadata.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -38,8 +39,10 @@ class TopicError(ValueError):
     """The topic is not one of contract section 4's."""
 
 
+@functools.lru_cache(maxsize=65_536)  # a farm's devices publish to the same few thousand topics
 def parse_topic(topic: str) -> tuple[str, dict[str, Any]]:
-    """(kind, identifiers) of a topic; raises TopicError naming what does not match."""
+    """(kind, identifiers) of a topic; raises TopicError naming what does not match. The identifiers
+    are shared between calls: read them, never change them."""
     levels = topic.split("/")
     for kind, parts in _PATTERNS.items():
         if len(parts) != len(levels) or any(p != v for p, v in zip(parts, levels, strict=True) if p[0] != "{"):
@@ -161,15 +164,13 @@ class Mapped:
     rfid: list[RfidRead] = field(default_factory=list)
 
 
-def _mismatches(ids: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
-    """Payload identifiers that disagree with the topic's (the topic's are used)."""
-    return {k: v for k, v in payload.items() if v is not None and k in ids and ids[k] != v}
-
-
-def _meta(mismatch: dict[str, Any], **extra: Any) -> dict[str, Any] | None:
+def _meta(disagreements: tuple[tuple[str, Any, Any], ...] = (), **extra: Any) -> dict[str, Any] | None:
+    """Metadata for a message's rows: `extra` values that are set, and the payload identifiers that
+    disagree with the topic's, (name, topic's value, payload's value) each (the topic's are used)."""
     meta = {k: v for k, v in extra.items() if v is not None}
-    if mismatch:
-        meta["payload_disagrees_with_topic"] = mismatch
+    differ = {name: sent for name, used, sent in disagreements if sent is not None and sent != used}
+    if differ:
+        meta["payload_disagrees_with_topic"] = differ
     return meta or None
 
 
@@ -181,24 +182,22 @@ def decode_message(topic: str, payload: bytes) -> Mapped:
     out = Mapped()
     if kind == "environment":
         uid = ids["sensor_id"]
-        meta = _meta(_mismatches({"device_id": uid, "farm_id": farm, "zone_id": ids["zone_id"]},
-                                 {"device_id": p.device_id, "farm_id": p.farm_id, "zone_id": p.zone_id}),
-                     barn_id=ids["barn_id"])
+        meta = _meta((("device_id", uid, p.device_id), ("farm_id", farm, p.farm_id),
+                      ("zone_id", ids["zone_id"], p.zone_id)), barn_id=ids["barn_id"])
         out.readings = [Reading(device_uid=uid, device_type=p.sensor_type or "env_sensor", farm_id=farm,
                                 metric_name=name, metric_value=value, timestamp=p.timestamp, zone_id=ids["zone_id"],
                                 battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
                         for name, value in p.readings.items()]
     elif kind == "collar":
         uid = p.device_id or f"COLLAR-{farm}-{ids['animal_id']}"
-        meta = _meta(_mismatches({"animal_id": ids["animal_id"], "farm_id": farm},
-                                 {"animal_id": p.animal_id, "farm_id": p.farm_id}))
+        meta = _meta((("animal_id", ids["animal_id"], p.animal_id), ("farm_id", farm, p.farm_id)))
         out.readings = [Reading(device_uid=uid, device_type="collar", farm_id=farm, metric_name=metric,
                                 metric_value=value, timestamp=p.timestamp, animal_id=ids["animal_id"],
                                 battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
                         for key, metric in COLLAR_METRICS.items() if (value := getattr(p, key)) is not None]
     elif kind == "milking":
         m, s = p.milk_data, p.session_data
-        meta = _meta(_mismatches({"animal_id": p.animal_id}, {}), parlor_id=ids["parlor_id"],
+        meta = _meta(parlor_id=ids["parlor_id"],
                      stall_id=ids["stall_id"], volume_liters=m.total_volume_liters, peak_flow_lpm=m.peak_flow_lpm,
                      quality_score=p.quality_score)
         out.milk = [MilkSession(
@@ -215,7 +214,7 @@ def decode_message(topic: str, payload: bytes) -> Mapped:
                              timestamp=p.timestamp)]
     else:  # status: battery and signal are stored as readings, so they have a history and alerts
         uid = ids["device_id"]
-        meta = _meta({}, firmware_version=p.firmware_version)
+        meta = _meta(firmware_version=p.firmware_version)
         out.readings = [Reading(device_uid=uid, device_type=p.device_type, farm_id=farm, metric_name=name,
                                 metric_value=float(value), timestamp=p.timestamp, battery_level=p.battery_level,
                                 signal_strength=p.signal_strength, metadata=meta)

@@ -163,7 +163,7 @@ class Api:
 
 
 async def start_api(dsn: str, **settings: object) -> tuple[uvicorn.Server, asyncio.Task[None], str, Pipeline]:
-    app = create_app(Settings(dsn=dsn, **settings))
+    app = create_app(Settings(dsn=dsn, **{"mqtt_enabled": False, **settings}))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:  # readiness: set once the lifespan (pool, writers) is up and the socket bound

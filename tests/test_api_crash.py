@@ -12,6 +12,7 @@ from ingestor import apikeys
 from ingestor.bench import running_server
 
 BATCHES, SIZE = 60, 500
+NO_MQTT = {"SMART_DAIRY_MQTT_ENABLED": "false"}
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
@@ -43,7 +44,7 @@ async def test_kill_9_loses_no_acknowledged_reading_and_a_resend_stores_each_onc
     key = await apikeys.create(conn, [1])
     acked: list[int] = []
     try:
-        async with running_server(db) as (url, proc):
+        async with running_server(db, NO_MQTT) as (url, proc):
             load = asyncio.create_task(post_all(url, key, list(range(BATCHES)), acked))
             while len(acked) < 10:  # wait until a fair share is acknowledged, with more in flight
                 await asyncio.sleep(0.005)
@@ -54,7 +55,7 @@ async def test_kill_9_loses_no_acknowledged_reading_and_a_resend_stores_each_onc
         counts = dict(await conn.fetch("SELECT device_uid, count(*) FROM iot.sensor_data GROUP BY 1"))
         assert all(counts.get(f"B{n}") == SIZE for n in acked), "an acknowledged batch lost rows"
         # The devices re-send everything they were not sure of (here: all of it) to a restarted server.
-        async with running_server(db) as (url, _):
+        async with running_server(db, NO_MQTT) as (url, _):
             again: list[int] = []
             await post_all(url, key, list(range(BATCHES)), again)
         assert sorted(again) == list(range(BATCHES))

@@ -1,0 +1,196 @@
+"""The MQTT subscriber: contract section 4's topics into the pipeline, each message acknowledged only
+once what it became is committed (or dead-lettered).
+
+paho-mqtt runs its network loop in its own thread and only appends messages to a buffer there;
+the asyncio side takes the whole buffer at once, decodes and validates it as a batch and hands it
+to the writers, so a message costs no round trip of its own. The session is persistent (MQTT 5,
+clean start off, a session expiry, a fixed client id): after a crash or a broker restart the broker
+re-sends whatever was not acknowledged, and the tables' unique keys store it once. The number of
+unacknowledged messages the broker may send at once (Receive Maximum) bounds the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .config import Settings
+from .pipeline import Pipeline
+from .topics import TopicError, decode_message, subscriptions
+from .validation import decode_error
+
+log = logging.getLogger(__name__)
+
+SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our session (and queues for it) a week while we are away
+
+
+@dataclass
+class _Message:
+    generation: int  # which connection delivered it: acks on a later connection would be wrong
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+
+
+@dataclass
+class MqttStatus:
+    connected: bool = False
+    connects: int = 0
+    last_error: str | None = None
+    received: int = 0
+    acknowledged: int = 0
+    since: float = field(default_factory=time.time)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": self.connected, "connects": self.connects, "last_error": self.last_error,
+                "received": self.received, "acknowledged": self.acknowledged}
+
+
+class Subscriber:
+    """Subscribes to every topic of contract section 4 and feeds the pipeline."""
+
+    def __init__(self, pipeline: Pipeline, settings: Settings, *, client_id: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.settings = settings
+        self.status = MqttStatus()
+        self._client_id = client_id or settings.mqtt_client_id
+        self._lock = threading.Lock()
+        self._buffer: list[_Message] = []
+        self._generation = 0
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client: paho.Client | None = None
+
+    # --- paho's thread ----------------------------------------------------------------------
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.status.last_error = f"connect refused: {reason}"
+            return
+        with self._lock:
+            self._generation += 1
+        self.status.connects += 1
+        client.subscribe([(f, 1) for f in subscriptions(self.settings.mqtt_group)])
+
+    def _on_subscribe(self, _c: Any, _u: Any, _mid: int, reasons: list, _p: Any) -> None:
+        failed = [r for r in reasons if r.is_failure]
+        if failed:
+            self.status.last_error = f"subscription refused: {failed}"
+            log.error("MQTT subscription refused: %s", failed)
+            return
+        self.status.connected = True  # connected and subscribed: what /health reports as ok
+        log.info("MQTT connected to %s:%d and subscribed to %d filters", self.settings.mqtt_host,
+                 self.settings.mqtt_port, len(reasons))
+
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.status.connected = False
+        self.status.last_error = f"disconnected: {reason}"
+        log.warning("MQTT disconnected (%s); reconnecting", reason)
+
+    def _on_message(self, _c: Any, _u: Any, message: paho.MQTTMessage) -> None:
+        with self._lock:
+            first = not self._buffer
+            self._buffer.append(_Message(self._generation, message.mid, message.qos, message.topic, message.payload))
+        if first and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # --- the asyncio side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self._client_id,
+                             protocol=paho.MQTTv5, manual_ack=True)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_inflight_messages_set(self.settings.mqtt_receive_maximum)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = SESSION_EXPIRY_S
+        props.ReceiveMaximum = self.settings.mqtt_receive_maximum
+        client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=30, clean_start=False,
+                             properties=props)
+        client.loop_start()
+        self._client = client
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process delivered messages until `stop`; then process what was delivered and disconnect."""
+        self.start()
+        try:
+            while True:
+                waiter = asyncio.create_task(self._wake.wait())
+                stopper = asyncio.create_task(stop.wait())
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                stopper.cancel()
+                self._wake.clear()
+                with self._lock:
+                    batch, self._buffer = self._buffer, []
+                if batch:
+                    await self.process(batch)
+                if stop.is_set():
+                    return
+        finally:
+            client = self._client
+            if client is not None:
+                client.disconnect()
+                client.loop_stop()
+
+    async def process(self, batch: list[_Message]) -> None:
+        """Decode, validate and store a batch of messages, then acknowledge them."""
+        kinds: dict[str, list] = defaultdict(list)
+        origins: dict[str, list[_Message]] = defaultdict(list)  # the message each item came from
+        rejected: list[tuple[_Message, str, str | None]] = []
+        for m in batch:
+            try:
+                mapped = decode_message(m.topic, m.payload)
+            except TopicError as exc:
+                rejected.append((m, str(exc), "topic"))
+                continue
+            except msgspec.ValidationError as exc:
+                e = decode_error(0, exc)
+                rejected.append((m, str(e), f"payload.{e.field}" if e.field else "payload"))
+                continue
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+                rejected.append((m, f"payload is not valid JSON: {exc}", "payload"))
+                continue
+            for kind, items in (("sensor", mapped.readings), ("milk", mapped.milk), ("rfid", mapped.rfid)):
+                kinds[kind].extend(items)
+                origins[kind].extend([m] * len(items))
+            if not (mapped.readings or mapped.milk or mapped.rfid):
+                rejected.append((m, "the message holds no reading", "payload"))
+        work = [self.pipeline.ingest(kind, items, channel="mqtt", source="",
+                                     raw=[o.payload for o in origins[kind]], sources=[o.topic for o in origins[kind]])
+                for kind, items in kinds.items()]
+        work += [self.pipeline.reject(channel="mqtt", source=m.topic, payload=m.payload, reason=reason,
+                                      field_name=name) for m, reason, name in rejected]
+        await asyncio.gather(*work)  # committed, or retried by the writers until it is
+        self.status.received += len(batch)
+        self._acknowledge(batch)
+
+    def _acknowledge(self, batch: list[_Message]) -> None:
+        client = self._client
+        if client is None:
+            return
+        with self._lock:
+            current = self._generation
+        acked = 0
+        for m in batch:
+            # A message from an earlier connection is re-sent by the broker on this one (with the
+            # same packet id, or as a new delivery): it is acknowledged when that copy is processed.
+            if m.qos and m.generation == current and self.status.connected:
+                client.ack(m.mid, m.qos)
+                acked += 1
+        self.status.acknowledged += acked
