@@ -190,7 +190,7 @@ class Subscriber:
         for m in batch:
             # A message from an earlier connection is re-sent by the broker on this one (with the
             # same packet id, or as a new delivery): it is acknowledged when that copy is processed.
-            if m.qos and m.generation == current and self.status.connected:
+            if m.qos and m.generation == current:
                 client.ack(m.mid, m.qos)
                 acked += 1
         self.status.acknowledged += acked

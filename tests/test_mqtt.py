@@ -237,3 +237,28 @@ async def test_two_ingestors_share_a_subscription_and_store_each_message_once(db
         assert sum(received) == 10000 and min(received) > 0, received
     finally:
         await conn.close()
+
+
+async def test_a_backlog_queued_while_the_ingestor_was_away_is_stored_and_acknowledged(
+        db: str, broker: Broker) -> None:
+    settings = Settings(dsn=db, mqtt_port=broker.port, mqtt_client_id="test-backlog")
+    pipeline = Pipeline(settings, background=False)
+    await pipeline.start()
+    try:
+        for round_ in range(2):
+            subscriber = Subscriber(pipeline, settings)
+            stop = asyncio.Event()
+            task = asyncio.create_task(subscriber.run(stop))
+            await eventually(lambda s=subscriber: _true(s.status.connected), 10, "subscribed")
+            if round_ == 0:  # go away, leaving the session (and what arrives for it) on the broker
+                stop.set()
+                await task
+                await publish(broker, collar_messages(15000))
+        # The broker re-sends the backlog as soon as the session resumes, before the new SUBACK;
+        # every message must be acknowledged or the broker's window would stall.
+        await eventually(lambda: _true(subscriber.status.acknowledged == 15000), 60, "backlog acknowledged")
+        assert await pipeline.pool.fetchval("SELECT count(*) FROM iot.sensor_data") == 15000
+        stop.set()
+        await task
+    finally:
+        await pipeline.stop()
