@@ -6,11 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
-import socket
-import sys
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +20,11 @@ import pydantic
 from tqdm import tqdm
 
 from . import apikeys, storage
+from .config import Settings
 from .device_state import DeviceStates
+from .loadgen import Broker, Message, Publisher, publish_in_processes, running_server, wait_subscribed
+from .mqtt import Subscriber
+from .pipeline import Pipeline
 from .registry import Registry
 from .simulator import BARN_METRICS, COLLAR_METRICS, Farm, sensor_rows, utc_floor
 from .tables import SENSOR_DATA
@@ -32,6 +34,7 @@ from .writer import Writer
 WRITER_TARGET = 0.8  # contract section 6
 HTTP_TARGET, HTTP_MIN_RATE = 0.6, 100_000
 HTTP_BATCH = 10_000
+MQTT_MIN_RATE, LATENCY_RATE, LATENCY_P99 = 30_000, 20_000, 1.0
 _READING_KEYS = ("timestamp", "device_uid", "device_type", "farm_id", "metric_name", "metric_value", "metric_unit")
 
 
@@ -114,37 +117,6 @@ def http_bodies(rows: list[tuple], batch: int = HTTP_BATCH) -> list[bytes]:
     return bodies
 
 
-@contextlib.asynccontextmanager
-async def running_server(dsn: str, env: dict[str, str] | None = None
-                         ) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    """`smart-dairy serve` in its own process, as deployed; yields (base URL, process) once it is healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "SMART_DAIRY_DSN": dsn, "SMART_DAIRY_MAINTENANCE_INTERVAL": "3600", **(env or {})}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "ingestor.cli", "serve", "--port", str(port),
-                                                env=env, stdout=asyncio.subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        async with httpx.AsyncClient() as client:
-            for _ in range(200):  # readiness: the server answers /health once its pool and writers are up
-                try:
-                    if (await client.get(f"{url}/health")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.returncode is not None:
-                    raise RuntimeError(f"the server exited with {proc.returncode}")
-                await asyncio.sleep(0.05)
-            else:
-                raise RuntimeError("the server did not become healthy in 10 s")
-        yield url, proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
-
-
 async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: int) -> tuple[Figure, list[float]]:
     async with _connect(dsn) as conn:
         key = await apikeys.create(conn, [1], name="bench")
@@ -219,13 +191,81 @@ def _decode_figures(bodies: list[bytes], rows: int) -> list[Figure]:
     return figures
 
 
+def mqtt_messages(rows: Sequence[tuple]) -> list[Message]:
+    """Each row as its own environmental telemetry message (one reading per message)."""
+    c = {name: i for i, name in enumerate(SENSOR_DATA.columns)}
+    return [(f"dairy/farm/{r[c['farm_id']]}/barn/1/zone/{r[c['zone_id']] or 1}/sensor/{r[c['device_uid']]}/telemetry",
+             msgspec.json.encode({"timestamp": r[c["time"]], "readings": {r[c["metric_name"]]: r[c["metric_value"]]},
+                                  "battery_level": r[c["battery_level"]], "signal_strength": r[c["signal_strength"]]}))
+            for r in rows]
+
+
+async def _mqtt_drain(dsn: str, broker: Broker, messages: list[Message]) -> Figure:
+    """The ingestor's own rate: a backlog published while it was away, drained at QoS 1, acked after commit."""
+    settings = Settings(dsn=dsn, mqtt_port=broker.port, mqtt_client_id="bench-drain")
+    pipeline = Pipeline(settings, background=False)
+    await pipeline.start()
+    try:
+        for phase in ("subscribe", "drain"):
+            subscriber = Subscriber(pipeline, settings)
+            stop = asyncio.Event()
+            started = time.perf_counter()
+            task = asyncio.create_task(subscriber.run(stop))
+            if phase == "subscribe":  # leave the session on the broker, then queue the load for it
+                while not subscriber.status.connected:
+                    await asyncio.sleep(0.01)
+                stop.set()
+                await task
+                await asyncio.to_thread(publish_in_processes, broker.port, messages, name="bench-backlog")
+                continue
+            with tqdm(total=len(messages), desc="MQTT drain", unit="msg", unit_scale=True, leave=False) as bar:
+                while subscriber.status.acknowledged < len(messages):
+                    bar.update(subscriber.status.acknowledged - bar.n)
+                    await asyncio.sleep(0.01)
+            seconds = time.perf_counter() - started
+            stop.set()
+            await task
+    finally:
+        await pipeline.stop()
+    return Figure(f"MQTT, {len(messages):,}-message backlog drained, QoS 1", len(messages), seconds)
+
+
+async def _mqtt_latency(dsn: str, broker: Broker, messages: list[Message], rate: float) -> tuple[float, list[float]]:
+    """Publish `messages` at `rate` to `serve` while probing publish -> queryable; (achieved rate, samples)."""
+    samples: list[float] = []
+    env = {"SMART_DAIRY_MQTT_PORT": str(broker.port), "SMART_DAIRY_MQTT_CLIENT_ID": "bench-live"}
+    async with running_server(dsn, env) as (url, _), _connect(dsn) as conn:
+        await wait_subscribed(url)
+        prober = await asyncio.to_thread(Publisher, broker.port, "bench-probe")
+        started = time.perf_counter()
+        load = asyncio.create_task(asyncio.to_thread(publish_in_processes, broker.port, messages, rate=rate,
+                                                     name="bench-live"))
+        try:
+            while not load.done():
+                at = datetime.now(UTC)
+                sent = time.perf_counter()
+                prober.client.publish("system/farm/1/device/LATENCY-PROBE/status",
+                                      msgspec.json.encode({"timestamp": at, "battery_level": 50}), qos=1)
+                while not await conn.fetchval("SELECT 1 FROM iot.sensor_data WHERE device_uid = 'LATENCY-PROBE' "
+                                              "AND metric_name = 'battery_level' AND time = $1", at):
+                    await asyncio.sleep(0.002)
+                samples.append(time.perf_counter() - sent)
+                await asyncio.sleep(0.1)
+            await load
+        finally:
+            await asyncio.to_thread(prober.close)
+        achieved = len(messages) / (time.perf_counter() - started)
+    return achieved, samples
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, batch_rows: int,
-              chunk: int, producers: int, http_clients: int = 4) -> list[str]:
+              chunk: int, producers: int, http_clients: int = 4, mqtt_messages_count: int = 200_000,
+              latency_seconds: float = 10.0) -> list[str]:
     """Run the benchmark in a scratch database (dropped and re-made) and return the printed lines."""
     admin = await asyncpg.connect(dsn, database="postgres")
     try:
@@ -265,6 +305,13 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
         assert stored == rows, f"HTTP: stored {stored} of {rows} rows"
         lines.append(f"{http.line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
                      f"p99 {_percentile(latencies, .99) * 1000:.0f} ms")
+        if Broker.available():
+            mqtt_lines, mqtt_summary = await _mqtt_figures(dsn, pool, result.profile, data[:mqtt_messages_count],
+                                                           ceiling, latency_seconds)
+            lines += mqtt_lines
+        else:
+            mqtt_summary = "MQTT NOT MEASURED (no mosquitto binary here)"
+            lines.append(mqtt_summary)
     finally:
         await pool.close()
     ratio = writer.rate / ceiling.rate
@@ -274,5 +321,34 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
         f"{'meets' if ratio >= WRITER_TARGET else 'MISSES'} {WRITER_TARGET}x; with re-sends "
         f"{dup.rate / ceiling.rate:.2f}x; HTTP {http_ratio:.2f}x ({http.rate:,.0f} readings/s), "
         f"{'meets' if http_ratio >= HTTP_TARGET and http.rate >= HTTP_MIN_RATE else 'MISSES'} "
-        f"{HTTP_TARGET}x and {HTTP_MIN_RATE:,}/s; profile {result.profile}")
+        f"{HTTP_TARGET}x and {HTTP_MIN_RATE:,}/s; {mqtt_summary}; profile {result.profile}")
     return lines
+
+
+async def _mqtt_figures(dsn: str, pool: asyncpg.Pool, profile: str, rows: list[tuple], ceiling: Figure,
+                        latency_seconds: float) -> tuple[list[str], str]:
+    """The MQTT lines (drain rate; latency at a sustained rate) on a Mosquitto of our own."""
+    with tempfile.TemporaryDirectory() as workdir:
+        broker = Broker(Path(workdir))
+        broker.start()
+        try:
+            async with pool.acquire() as conn:
+                await _reset(conn, profile)
+            drain = await _mqtt_drain(dsn, broker, mqtt_messages(rows))
+            stored = await pool.fetchval("SELECT count(*) FROM iot.sensor_data")
+            assert stored == len(rows), f"MQTT: stored {stored} of {len(rows)} rows"
+            async with pool.acquire() as conn:
+                await _reset(conn, profile)
+            live = bench_rows(int(LATENCY_RATE * latency_seconds), seed=11)
+            achieved, samples = await _mqtt_latency(dsn, broker, mqtt_messages(live), LATENCY_RATE)
+        finally:
+            broker.stop()
+    p50, p99 = _percentile(samples, .5), _percentile(samples, .99)
+    lines = [drain.line(ceiling),
+             f"MQTT at {LATENCY_RATE:,}/s for {latency_seconds:g} s (achieved {achieved:,.0f}/s), "
+             f"publish -> queryable over {len(samples)} probes: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms"]
+    summary = (f"MQTT {drain.rate:,.0f} msg/s {'meets' if drain.rate >= MQTT_MIN_RATE else 'MISSES'} "
+               f"{MQTT_MIN_RATE:,}/s, p99 {p99 * 1000:.0f} ms at {achieved:,.0f}/s "
+               f"{'meets' if p99 < LATENCY_P99 and achieved >= 0.95 * LATENCY_RATE else 'MISSES'} "
+               f"< {LATENCY_P99 * 1000:.0f} ms at {LATENCY_RATE:,}/s")
+    return lines, summary

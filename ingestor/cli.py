@@ -49,7 +49,8 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     dsn = args.dsn or _with_database(settings.dsn, "smart_dairy_bench")
     lines = await bench.run(dsn, settings.migrations_dir, rows=args.rows, profile=args.profile,
                             batch_rows=args.batch_rows, chunk=args.chunk, producers=args.producers,
-                            http_clients=args.http_clients)
+                            http_clients=args.http_clients, mqtt_messages_count=args.mqtt_messages,
+                            latency_seconds=args.latency_seconds)
     print("\n".join(lines))
     return 0
 
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=1_000, help="rows per submission (an HTTP batch, say)")
     p.add_argument("--producers", type=int, default=8, help="concurrent submitters")
     p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients")
+    p.add_argument("--mqtt-messages", type=int, default=200_000, help="backlog drained over MQTT")
+    p.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the 20,000/s MQTT run")
     p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_bench)")
     p.set_defaults(run=_bench)
 

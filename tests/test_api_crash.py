@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 
 from ingestor import apikeys
-from ingestor.bench import running_server
+from ingestor.loadgen import running_server
 
 BATCHES, SIZE = 60, 500
 NO_MQTT = {"SMART_DAIRY_MQTT_ENABLED": "false"}

@@ -20,12 +20,11 @@ import httpx
 import msgspec
 import pytest
 
-from ingestor.bench import running_server
 from ingestor.config import Settings
+from ingestor.loadgen import Broker, Publisher, running_server, wait_subscribed
 from ingestor.mqtt import Subscriber
 from ingestor.pipeline import Pipeline
 
-from .broker import Broker, Publisher
 from .test_writer_restart import restart_command
 
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -86,15 +85,6 @@ async def ingest(db: str, broker: Broker) -> AsyncIterator[Ingest]:
 
 async def _true(value: bool) -> bool:
     return value
-
-
-async def subscribed(url: str) -> None:
-    """Wait until a `serve` process reports its MQTT session connected and subscribed."""
-    async with httpx.AsyncClient() as client:
-        async def ok() -> bool:
-            return (await client.get(f"{url}/health")).json()["broker"]["ok"]
-
-        await eventually(ok, 30, f"{url} subscribed")
 
 
 async def publish(broker: Broker, messages: list[tuple[str, bytes]], client_id: str = "test-publisher") -> None:
@@ -205,7 +195,7 @@ async def test_kill_9_of_the_ingestor_loses_nothing_and_stores_each_message_once
             return await conn.fetchval("SELECT count(*) FROM iot.sensor_data")
 
         async with running_server(db, env) as (url, proc):
-            await subscribed(url)
+            await wait_subscribed(url)
             sending = asyncio.create_task(publish(broker, messages))
             await eventually(lambda: _at_least(stored(), 2000), 60, "first rows stored")
             proc.send_signal(signal.SIGKILL)
@@ -227,8 +217,8 @@ async def test_two_ingestors_share_a_subscription_and_store_each_message_once(db
     try:
         async with (running_server(db, {**common, "SMART_DAIRY_MQTT_CLIENT_ID": "share-a"}) as (url_a, _),
                     running_server(db, {**common, "SMART_DAIRY_MQTT_CLIENT_ID": "share-b"}) as (url_b, _)):
-            await subscribed(url_a)
-            await subscribed(url_b)
+            await wait_subscribed(url_a)
+            await wait_subscribed(url_b)
             await publish(broker, messages)
             await eventually(lambda: _eq(conn.fetchval("SELECT count(*) FROM iot.sensor_data"), 10000), 60,
                              "10000 rows stored")
