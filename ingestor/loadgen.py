@@ -1,5 +1,7 @@
 """Load for the benchmark and the fault tests: `smart-dairy serve` in its own process, a Mosquitto of
-our own started from the project's broker configuration, and QoS 1 publisher processes."""
+our own started from the project's broker configuration, and QoS 1 publishers (paho, with a
+persistent session that survives broker restarts, for the tests; raw MQTT 3.1.1 processes that
+cost next to no CPU, for the benchmark)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ import contextlib
 import getpass
 import multiprocessing
 import os
+import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import paho.mqtt.client as paho
@@ -149,24 +154,74 @@ class Publisher:
         self.client.loop_stop()
 
 
-def _publish_process(port: int, messages: Sequence[Message], rate: float | None, client_id: str) -> None:
-    publisher = Publisher(port, client_id)
-    try:
-        publisher.publish_all(messages, rate=rate)
-    finally:
-        publisher.close()
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, digit = divmod(n, 128)
+        out.append(digit | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _publish_packet(topic: bytes, payload: bytes, packet_id: int) -> bytes:
+    body = struct.pack("!H", len(topic)) + topic + struct.pack("!H", packet_id) + payload
+    return b"\x32" + _varint(len(body)) + body  # PUBLISH, QoS 1
+
+
+def raw_publish(port: int, messages: Sequence[Message], rate: float | None, client_id: str,
+                ready: Any = None, go: Any = None, window: int = 20_000) -> None:
+    """Publish at QoS 1 over a plain MQTT 3.1.1 connection, packets encoded up front and written in
+    chunks, PUBACKs counted in bulk: a load generator that leaves the CPU to the system under test.
+    Returns once the broker acknowledged every message. With `ready`/`go` (multiprocessing events)
+    it reports when connected and encoded, and starts sending when told."""
+    packets = [_publish_packet(t.encode(), p, i % 65_535 + 1) for i, (t, p) in enumerate(messages)]
+    ident = client_id.encode()
+    connect = b"\x00\x04MQTT\x04\x02" + struct.pack("!H", 60) + struct.pack("!H", len(ident)) + ident
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(b"\x10" + _varint(len(connect)) + connect)
+        if sock.recv(4) != b"\x20\x02\x00\x00":
+            raise RuntimeError("the broker refused the connection")
+        if ready is not None:
+            ready.set()
+            go.wait()
+        started, sent, acked, pending = time.monotonic(), 0, 0, b""
+        while acked < len(packets):
+            due = len(packets) if rate is None else min(len(packets), int((time.monotonic() - started) * rate) + 1)
+            count = min(due - sent, window - (sent - acked), 1000)
+            if count > 0:
+                sock.sendall(b"".join(packets[sent:sent + count]))
+                sent += count
+            if select.select([sock], [], [], 0.001)[0]:
+                data = sock.recv(1 << 16)
+                if not data:
+                    raise ConnectionError("the broker closed the connection")
+                pending += data  # nothing but 4-byte PUBACKs comes back on this connection
+                acked += len(pending) // 4
+                pending = pending[len(pending) // 4 * 4:]
+        sock.sendall(b"\xe0\x00")  # DISCONNECT
 
 
 def publish_in_processes(port: int, messages: Sequence[Message], *, processes: int = 2,
-                         rate: float | None = None, name: str = "load") -> None:
-    """Publish `messages` from `processes` publisher processes (at `rate` in total when given)."""
+                         rate: float | None = None, name: str = "load") -> float:
+    """Publish `messages` from `processes` raw publisher processes (at `rate` in total when given),
+    all starting at once when every one is connected and has encoded its share; return the seconds
+    from that start until the broker acknowledged the last message."""
     ctx = multiprocessing.get_context("spawn")
-    workers = [ctx.Process(target=_publish_process,
-                           args=(port, messages[i::processes], rate / processes if rate else None, f"{name}-{i}"))
+    go = ctx.Event()
+    readies = [ctx.Event() for _ in range(processes)]
+    workers = [ctx.Process(target=raw_publish, args=(port, messages[i::processes], rate / processes if rate else None,
+                                                     f"{name}-{i}", readies[i], go))
                for i in range(processes)]
     for w in workers:
         w.start()
+    for ready, w in zip(readies, workers, strict=True):
+        while not ready.wait(0.1):
+            if not w.is_alive():
+                raise RuntimeError(f"a publisher process failed ({w.exitcode})")
+    started = time.monotonic()
+    go.set()
     for w in workers:
         w.join()
         if w.exitcode != 0:
             raise RuntimeError(f"a publisher process failed ({w.exitcode})")
+    return time.monotonic() - started

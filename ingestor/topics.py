@@ -183,7 +183,7 @@ def decode_message(topic: str, payload: bytes) -> Mapped:
     if kind == "environment":
         uid = ids["sensor_id"]
         meta = _meta((("device_id", uid, p.device_id), ("farm_id", farm, p.farm_id),
-                      ("zone_id", ids["zone_id"], p.zone_id)), barn_id=ids["barn_id"])
+                      ("zone_id", ids["zone_id"], p.zone_id)))  # the barn follows from the zone
         out.readings = [Reading(device_uid=uid, device_type=p.sensor_type or "env_sensor", farm_id=farm,
                                 metric_name=name, metric_value=value, timestamp=p.timestamp, zone_id=ids["zone_id"],
                                 battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
