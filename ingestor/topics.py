@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .validation import EPC, ID, MILK_KG_PER_L, NAME, READ_COUNT, RSSI, SHORT, MilkSession, Reading, RfidRead
+from .validation import EPC, ID, MILK_KG_PER_L, NAME, READ_COUNT, RSSI, SHORT, TEXT, MilkSession, Reading, RfidRead
 
 # kind -> pattern; {name} is one topic level, an integer where the name is in INT_LEVELS.
 TOPICS: dict[str, str] = {
@@ -69,12 +69,12 @@ _SIGNAL = Annotated[int, msgspec.Meta(ge=-200, le=100)] | None
 
 
 class EnvironmentPayload(msgspec.Struct, kw_only=True):
-    readings: dict[NAME, float]
+    readings: dict[TEXT, float]  # names checked by validate_readings, as metric_name
     timestamp: _WHEN = None
     device_id: ID | None = None
     farm_id: int | None = None
     zone_id: int | None = None
-    sensor_type: NAME | None = None
+    sensor_type: TEXT | None = None
     battery_level: _LEVEL = None
     signal_strength: _SIGNAL = None
 

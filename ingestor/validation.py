@@ -92,25 +92,25 @@ _INT32 = Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
 
 # The hot path's strings are checked for length by msgspec and for printability by one C call each
 # in validate_readings: a regex per field (as ID/NAME) costs three times the whole decode.
-_TEXT = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+TEXT = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 _TEXT_FIELDS = ("device_uid", "device_type", "metric_name", "metric_unit", "session_id")
 
 
 class Reading(msgspec.Struct, kw_only=True, gc=False):
     """One sensor reading as devices and scripts send it (contract section 3)."""
 
-    device_uid: _TEXT
-    device_type: _TEXT
+    device_uid: TEXT
+    device_type: TEXT
     farm_id: _INT32
-    metric_name: _TEXT
+    metric_name: TEXT
     metric_value: float
     metric_unit: Annotated[str, msgspec.Meta(min_length=1, max_length=32)] | None = None
     # ISO 8601 with a zone, or seconds since the epoch (milliseconds when above 1e11); default: now.
     timestamp: datetime | float | None = None
     # The animal's id in the registry, or its code (ear tag) as collars send it.
-    animal_id: _INT32 | _TEXT | None = None
+    animal_id: _INT32 | TEXT | None = None
     zone_id: _INT32 | None = None
-    session_id: _TEXT | None = None
+    session_id: TEXT | None = None
     battery_level: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     signal_strength: Annotated[int, msgspec.Meta(ge=-200, le=100)] | None = None
     metadata: dict[str, Any] | None = None
