@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from operator import itemgetter
 
 import asyncpg
 
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 _TIME, _UID, _TYPE, _FARM, _METRIC, _BATTERY, _SIGNAL = (
     SENSOR_DATA.index(c) for c in ("time", "device_uid", "device_type", "farm_id", "metric_name", "battery_level",
                                    "signal_strength"))
+
+_uid_of, _series_of, _time_of = itemgetter(_UID), itemgetter(_UID, _METRIC), itemgetter(_TIME)
 
 # A late batch still advances the metric times it carries; battery and signal come from the newest row.
 _UPSERT = """
@@ -57,16 +60,17 @@ class DeviceStates:
 
     def note(self, rows: Sequence[tuple]) -> None:
         """Remember the newest row per device and time per metric of a committed batch."""
-        newest = {r[_UID]: r for r in rows}  # a device's rows arrive in time order
+        # Built by C-level map/zip passes: this runs on every committed batch, in the writer's process.
+        newest = dict(zip(map(_uid_of, rows), rows, strict=True))  # a device's rows arrive in time order: last wins
         latest = self._latest
         for uid, row in newest.items():
             seen = latest.get(uid)
             if seen is None or row[_TIME] >= seen[_TIME]:
                 latest[uid] = row
-        times = self._metric_times
-        for key, t in {(r[_UID], r[_METRIC]): r[_TIME] for r in rows}.items():
-            if key not in times or t > times[key]:
-                times[key] = t
+        # Each metric's time is used as a lower bound (where the latest query starts looking), so a
+        # late batch may lower it until the next batch: no per-metric comparison needed here; the
+        # flush keeps the newest time in the table.
+        self._metric_times.update(zip(map(_series_of, rows), map(_time_of, rows), strict=True))
 
     async def flush(self, conn: asyncpg.Connection) -> int:
         """Upsert what was noted since the last flush; return the number of devices."""
