@@ -5,16 +5,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+import httpx
+import msgspec
+import numpy as np
+from tqdm import tqdm
 
-from . import apikeys, bench, maintenance, storage
+from . import apikeys, bench, herd, maintenance, storage
 from .config import Settings, load_settings
 from .device_state import DeviceStates
+from .loadgen import Publisher
 from .simulator import Farm, milk_rows, sensor_rows, utc_floor
 from .tables import MILK_PRODUCTION, SENSOR_DATA
 from .writer import Writer
@@ -57,8 +64,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     if not args.backfill:
-        print("live MQTT/HTTP simulation is not built yet; use --backfill DAYS", file=sys.stderr)
-        return 2
+        return await _simulate_live(settings, args)
     farm = Farm(farm_id=args.farm, cows=args.cows, zones=args.zones)
     end = utc_floor(datetime.now(UTC), 60)
     start = end - timedelta(days=args.backfill)
@@ -84,6 +90,74 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> int:
     print(f"backfilled farm {farm.farm_id}: {farm.cows} cows, {farm.zones} barn zones, {args.backfill} days: "
           f"{total:,} sensor readings, {sessions:,} milking sessions")
     return 0
+
+
+async def _simulate_live(settings: Settings, args: argparse.Namespace) -> int:
+    """The farm's devices publishing over MQTT (or HTTP) from `--hours` ago up to now, `--speed` times
+    faster than real time; labelled events to `--ground-truth`."""
+    rng = np.random.default_rng(args.seed)
+    end = datetime.now(UTC).replace(microsecond=0)
+    start = end - timedelta(hours=args.hours)
+    state = herd.HerdState(args.farm, args.cows, args.zones, rng)
+    events = herd.plan_events(args.cows, args.zones, start, end, per_cow_day=args.events_per_cow_day, rng=rng)
+    if args.ground_truth:
+        with open(args.ground_truth, "w") as out:
+            for e in events:
+                out.write(msgspec.json.encode(e.as_json(args.farm)).decode() + "\n")
+    if args.register:
+        conn = await asyncpg.connect(settings.dsn)
+        try:
+            for table, rows in herd.registry_rows(args.farm, args.cows, args.zones, int(args.interval)).items():
+                await conn.executemany(herd.REGISTER_SQL[table], rows)
+        finally:
+            await conn.close()
+    send = await _transport(settings, args)
+    ticks = int((end - start).total_seconds() // args.interval)
+    began, sent = time.monotonic(), 0
+    try:
+        with tqdm(total=ticks, desc=f"farm {args.farm} via {args.transport}", unit="tick") as bar:
+            for k in range(1, ticks + 1):
+                t = start + timedelta(seconds=k * args.interval)
+                if (ahead := began + k * args.interval / args.speed - time.monotonic()) > 0:
+                    await asyncio.sleep(ahead)  # pacing: the simulated clock runs `speed` times real time
+                sent += await send(list(herd.messages(state, t, args.interval, events)))
+                bar.update()
+                bar.set_postfix(messages=sent, sim=f"{t:%H:%M}")
+    finally:
+        await send(None)
+    print(f"farm {args.farm}: {args.cows} cows, {args.zones} zones, {args.hours:g} h simulated up to {end:%H:%M} UTC: "
+          f"{sent:,} messages over {args.transport}, {len(events)} labelled events"
+          + (f" in {args.ground_truth}" if args.ground_truth else ""))
+    return 0
+
+
+async def _transport(settings: Settings, args: argparse.Namespace):
+    """A send(messages) coroutine over MQTT (QoS 1, waits for the broker) or HTTP; send(None) closes."""
+    if args.transport == "mqtt":
+        publisher = await asyncio.to_thread(Publisher, settings.mqtt_port, f"simulator-farm-{args.farm}",
+                                            settings.mqtt_host)
+
+        async def send_mqtt(batch: list | None) -> int:
+            if batch is None:
+                await asyncio.to_thread(publisher.close)
+                return 0
+            return await asyncio.to_thread(publisher.publish_all, batch)
+        return send_mqtt
+    key = args.api_key or os.environ.get("SMART_DAIRY_API_KEY")
+    if not key:
+        raise SystemExit("simulate --transport http needs --api-key or $SMART_DAIRY_API_KEY")
+    client = httpx.AsyncClient(base_url=args.url, headers={"X-API-Key": key}, timeout=30)
+
+    async def send_http(batch: list | None) -> int:
+        if batch is None:
+            await client.aclose()
+            return 0
+        for topic, payload in batch:
+            r = await client.post("/api/v1/ingest/telemetry", content=b'{"topic":' + msgspec.json.encode(topic)
+                                  + b',"payload":' + payload + b"}", headers={"Content-Type": "application/json"})
+            r.raise_for_status()
+        return len(batch)
+    return send_http
 
 
 async def _show(settings: Settings, args: argparse.Namespace) -> int:  # noqa: ARG001
@@ -178,8 +252,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_bench)")
     p.set_defaults(run=_bench)
 
-    p = sub.add_parser("simulate", help="a simulated farm's data")
-    p.add_argument("--backfill", type=int, metavar="DAYS", help="write DAYS of history directly")
+    p = sub.add_parser("simulate", help="a simulated farm: live over MQTT/HTTP, or --backfill history")
+    p.add_argument("--backfill", type=int, metavar="DAYS", help="write DAYS of history directly to the database")
+    p.add_argument("--hours", type=float, default=1.0, help="live: simulated hours, ending now")
+    p.add_argument("--speed", type=float, default=60.0, help="live: simulated seconds per real second")
+    p.add_argument("--transport", choices=["mqtt", "http"], default="mqtt")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="live over HTTP: the API")
+    p.add_argument("--api-key", help="live over HTTP (default $SMART_DAIRY_API_KEY)")
+    p.add_argument("--register", action="store_true", help="live: put the farm in the registry, as Odoo would")
+    p.add_argument("--ground-truth", metavar="FILE", help="live: write the labelled events here (JSON lines)")
+    p.add_argument("--events-per-cow-day", type=float, default=0.02, help="live: rate of each event kind")
     p.add_argument("--farm", type=int, default=1)
     p.add_argument("--cows", type=int, default=100)
     p.add_argument("--zones", type=int, default=4)

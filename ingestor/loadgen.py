@@ -122,14 +122,14 @@ class Publisher:
     """A device gateway publishing at QoS 1 with a persistent session (MQTT 3.1.1, no client-side
     window: paho rescans its whole queue on every PUBACK when it has one)."""
 
-    def __init__(self, port: int, client_id: str = "publisher") -> None:
+    def __init__(self, port: int, client_id: str = "publisher", host: str = "127.0.0.1") -> None:
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
         self.client.max_inflight_messages_set(0)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.05, 1)
         connected = threading.Event()
         self.client.on_connect = lambda *a: connected.set()
-        self.client.connect("127.0.0.1", port)
+        self.client.connect(host, port)
         self.client.loop_start()
         if not connected.wait(10):
             raise RuntimeError("publisher could not connect")

@@ -116,6 +116,7 @@ class Subscriber:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: _BufferedClient | None = None
+        self._stopping = False
 
     # --- paho's thread ----------------------------------------------------------------------
 
@@ -140,6 +141,8 @@ class Subscriber:
 
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.status.connected = False
+        if self._stopping:
+            return
         self.status.last_error = f"disconnected: {reason}"
         log.warning("MQTT disconnected (%s); reconnecting", reason)
 
@@ -190,6 +193,7 @@ class Subscriber:
         finally:
             client = self._client
             if client is not None:
+                self._stopping = True
                 client.disconnect()
                 client.loop_stop()
 
