@@ -41,9 +41,9 @@ class _BufferedClient(paho.Client):
     """paho reads a packet's header a byte at a time and one packet per select() wake-up, and queues
     each PUBACK as its own packet with a wake-up of its thread: several system calls for every
     message. This reads the socket 256 KiB at a time, handles every complete packet in the buffer
-    per wake-up, and sends a batch's PUBACKs as one write. It uses three of paho's private methods
-    (`_sock_recv`, `_packet_read`, `_packet_queue`), so paho-mqtt is pinned to 2.x; the MQTT tests
-    cover it."""
+    per wake-up, sends a batch's PUBACKs as one write, and skips the per-topic callback lookup it
+    does not use. It relies on four of paho's private methods (`_sock_recv`, `_packet_read`,
+    `_packet_queue`, `_handle_on_message`), so paho-mqtt is pinned to 2.x; the MQTT tests cover it."""
 
     _rbuf: bytes = b""
     _rpos: int = 0
@@ -71,6 +71,12 @@ class _BufferedClient(paho.Client):
             if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:  # a partial packet: the rest is still to come
                 return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
         return rc
+
+    def _handle_on_message(self, message: paho.MQTTMessage) -> None:
+        # No per-topic callbacks are registered, so paho's walk of its topic matcher for every
+        # message (deeper for longer topics) finds nothing: hand the message straight over.
+        with self._in_callback_mutex:
+            self.on_message(self, self._userdata, message)
 
     def ack_all(self, mids: list[int]) -> None:
         """PUBACK (success, no properties: the same 4 bytes in MQTT 3.1.1 and 5) for QoS 1 `mids`."""
