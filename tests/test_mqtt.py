@@ -20,6 +20,7 @@ import httpx
 import msgspec
 import pytest
 
+from ingestor import apikeys
 from ingestor.config import Settings
 from ingestor.loadgen import Broker, Publisher, running_server, wait_subscribed
 from ingestor.mqtt import Subscriber
@@ -161,6 +162,8 @@ async def test_broker_restart_mid_stream_loses_nothing(ingest: Ingest, broker: B
     await publish(broker, messages[3000:], client_id="test-publisher-2")
     await eventually(lambda: _eq(ingest.count(), 6000), 60, "6000 rows stored")
     assert ingest.subscriber.status.connects >= 2
+    print(f"\nbroker restart: sent 6000, acknowledged {ingest.subscriber.status.acknowledged}, "
+          f"stored {await ingest.count()}")
 
 
 async def _eq(value: Awaitable[int], expected: int) -> bool:
@@ -177,6 +180,8 @@ async def test_database_restart_mid_stream_loses_nothing(ingest: Ingest, broker:
     await asyncio.to_thread(subprocess.run, command, check=True, capture_output=True)
     await sending
     await eventually(lambda: _eq(ingest.count(), 8000), 120, "8000 rows stored")
+    print(f"\ndatabase restart: sent 8000, acknowledged {ingest.subscriber.status.acknowledged}, "
+          f"stored {await ingest.count()}")
 
 
 async def _at_least(value: Awaitable[int], expected: int) -> bool:
@@ -206,6 +211,7 @@ async def test_kill_9_of_the_ingestor_loses_nothing_and_stores_each_message_once
             await eventually(lambda: _eq(stored(), 20000), 120, "20000 rows stored")
         assert killed_at < 20000
         assert await conn.fetchval("SELECT count(DISTINCT (device_uid, time)) FROM iot.sensor_data") == 20000
+        print(f"\nkill -9: sent 20000, stored when killed {killed_at}, stored after restart {await stored()}")
     finally:
         await conn.close()
 
@@ -225,6 +231,7 @@ async def test_two_ingestors_share_a_subscription_and_store_each_message_once(db
             async with httpx.AsyncClient() as client:
                 received = [(await client.get(f"{url}/health")).json()["broker"]["received"] for url in (url_a, url_b)]
         assert sum(received) == 10000 and min(received) > 0, received
+        print(f"\nshared subscription: sent 10000, received {received[0]} + {received[1]}, stored 10000")
     finally:
         await conn.close()
 
@@ -252,3 +259,30 @@ async def test_a_backlog_queued_while_the_ingestor_was_away_is_stored_and_acknow
         await task
     finally:
         await pipeline.stop()
+
+
+async def test_http_keeps_serving_while_the_broker_is_down_and_health_says_so(db: str, tmp_path: Path) -> None:
+    broker = Broker(tmp_path)
+    broker.start()
+    env = {"SMART_DAIRY_MQTT_PORT": str(broker.port), "SMART_DAIRY_MQTT_CLIENT_ID": "test-broker-down"}
+    conn = await asyncpg.connect(db)
+    try:
+        key = await apikeys.create(conn, [1])
+        async with running_server(db, env) as (url, _), httpx.AsyncClient(base_url=url) as client:
+            await wait_subscribed(url)
+            broker.stop()
+            await eventually(lambda: _broker_ok(client, False), 30, "/health reports the broker down")
+            reading = {"device_uid": "H-1", "device_type": "env", "farm_id": 1, "metric_name": "temperature_c",
+                       "metric_value": 20.0}
+            r = await client.post("/api/v1/ingest/sensor", json=reading, headers={"X-API-Key": key})
+            assert r.status_code == 202
+            broker.start()  # the subscriber reconnects by itself
+            await eventually(lambda: _broker_ok(client, True), 60, "/health reports the broker back")
+    finally:
+        broker.stop()
+        await conn.close()
+
+
+async def _broker_ok(client: httpx.AsyncClient, expected: bool) -> bool:
+    health = (await client.get("/health")).json()
+    return health["status"] == "ok" and health["broker"]["ok"] is expected
