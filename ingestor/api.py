@@ -205,7 +205,12 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         with _decoding():
             return msgspec.json.decode(body, type=kind)
 
-    def single_result(result: IngestResult) -> Response:
+    async def ingest_one(request: Request, kind: str, struct: type) -> Response:
+        """One item: 202 once committed, else 422 naming the field (dead-lettered by the pipeline)."""
+        async with ingesting(request) as body:
+            item = decode_one(body, struct)
+            await authorise(request, "write", {item.farm_id})
+            result = await ingest(kind, [item], request, raw=[body])
         if result.errors:
             e = result.errors[0]
             raise ApiError(422, str(e), errors=[{"field": e.field, "error": str(e)}], dead_letter=False)
@@ -233,10 +238,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
               openapi_extra=body_doc("Reading", reading_example))
     async def ingest_sensor(request: Request) -> Response:
         """Store one reading; 202 once it is committed."""
-        async with ingesting(request) as body:
-            reading = decode_one(body, Reading)
-            await authorise(request, "write", {reading.farm_id})
-            return single_result(await ingest("sensor", [reading], request, raw=[body]))
+        return await ingest_one(request, "sensor", Reading)
 
     @app.post("/api/v1/ingest/sensor/batch", tags=["ingest"], responses=errors_doc,
               openapi_extra=body_doc("ReadingBatch", {"readings": [reading_example]}))
@@ -261,10 +263,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                   "animal_id": "COW-12345", "yield_kg": 14.2, "conductivity_ms": 4.5, "timestamp": now}))
     async def ingest_milk(request: Request) -> Response:
         """Store one milking session; 202 once it is committed."""
-        async with ingesting(request) as body:
-            session = decode_one(body, MilkSession)
-            await authorise(request, "write", {session.farm_id})
-            return single_result(await ingest("milk", [session], request, raw=[body]))
+        return await ingest_one(request, "milk", MilkSession)
 
     @app.post("/api/v1/ingest/telemetry", tags=["ingest"], responses=errors_doc,
               openapi_extra=body_doc("TelemetryMessage", {

@@ -5,6 +5,7 @@ two ingestors sharing the load)."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import signal
@@ -31,10 +32,11 @@ from .test_writer_restart import restart_command
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60, what: str = "condition") -> None:
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60,
+                     what: str = "condition") -> None:
     """Poll `check` until it holds (a readiness condition, not a delay), or fail after `timeout`."""
     deadline = time.monotonic() + timeout
-    while not await check():
+    while not await _value(check()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not reached within {timeout} s")
         await asyncio.sleep(0.05)
@@ -75,7 +77,7 @@ async def ingest(db: str, broker: Broker) -> AsyncIterator[Ingest]:
     subscriber = Subscriber(pipeline, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(subscriber.run(stop))
-    await eventually(lambda: _true(subscriber.status.connected), 10, "subscriber connected")
+    await eventually(lambda: subscriber.status.connected, 10, "subscriber connected")
     try:
         yield Ingest(pipeline, subscriber)
     finally:
@@ -84,8 +86,8 @@ async def ingest(db: str, broker: Broker) -> AsyncIterator[Ingest]:
         await pipeline.stop()
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else result
 
 
 async def publish(broker: Broker, messages: list[tuple[str, bytes]], client_id: str = "test-publisher") -> None:
@@ -131,7 +133,7 @@ async def test_every_topic_and_payload(ingest: Ingest, broker: Broker) -> None:
                    msgspec.json.encode({"timestamp": t, "readings": {"temperature_c": 95.0, "co2_ppm": 900}}))]
     messages = [(topic, msgspec.json.encode(p)) for topic, p in good] + bad + partly_bad
     await publish(broker, messages)
-    await eventually(lambda: _true(ingest.subscriber.status.acknowledged == len(messages)), 30, "all acknowledged")
+    await eventually(lambda: ingest.subscriber.status.acknowledged == len(messages), 30, "all acknowledged")
 
     pool = ingest.pipeline.pool
     readings = {(r["device_uid"], r["metric_name"]): r for r in await pool.fetch("SELECT * FROM iot.sensor_data")}
@@ -158,7 +160,7 @@ async def test_broker_restart_mid_stream_loses_nothing(ingest: Ingest, broker: B
     messages = collar_messages(6000)
     await publish(broker, messages[:3000])
     broker.restart()  # clean restart: sessions and queued messages are saved and restored
-    await eventually(lambda: _true(ingest.subscriber.status.connected), 30, "subscriber reconnected")
+    await eventually(lambda: ingest.subscriber.status.connected, 30, "subscriber reconnected")
     await publish(broker, messages[3000:], client_id="test-publisher-2")
     await eventually(lambda: _eq(ingest.count(), 6000), 60, "6000 rows stored")
     assert ingest.subscriber.status.connects >= 2
@@ -246,14 +248,14 @@ async def test_a_backlog_queued_while_the_ingestor_was_away_is_stored_and_acknow
             subscriber = Subscriber(pipeline, settings)
             stop = asyncio.Event()
             task = asyncio.create_task(subscriber.run(stop))
-            await eventually(lambda s=subscriber: _true(s.status.connected), 10, "subscribed")
+            await eventually(lambda s=subscriber: s.status.connected, 10, "subscribed")
             if round_ == 0:  # go away, leaving the session (and what arrives for it) on the broker
                 stop.set()
                 await task
                 await publish(broker, collar_messages(15000))
         # The broker re-sends the backlog as soon as the session resumes, before the new SUBACK;
         # every message must be acknowledged or the broker's window would stall.
-        await eventually(lambda: _true(subscriber.status.acknowledged == 15000), 60, "backlog acknowledged")
+        await eventually(lambda: subscriber.status.acknowledged == 15000, 60, "backlog acknowledged")
         assert await pipeline.pool.fetchval("SELECT count(*) FROM iot.sensor_data") == 15000
         stop.set()
         await task
