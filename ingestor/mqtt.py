@@ -15,10 +15,9 @@ import asyncio
 import logging
 import struct
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -132,7 +131,6 @@ class MqttStatus:
     last_error: str | None = None
     received: int = 0
     acknowledged: int = 0
-    since: float = field(default_factory=time.time)
 
     def as_json(self) -> dict[str, Any]:
         return {"ok": self.connected, "connects": self.connects, "last_error": self.last_error,
@@ -195,13 +193,12 @@ class Subscriber:
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         client = _BufferedClient(paho.CallbackAPIVersion.VERSION2, client_id=self._client_id,
-                             protocol=paho.MQTTv5, manual_ack=True)
+                                 protocol=paho.MQTTv5, manual_ack=True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.deliver = self._deliver
         client.reconnect_delay_set(min_delay=1, max_delay=10)
-        client.max_inflight_messages_set(self.settings.mqtt_receive_maximum)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = self.settings.mqtt_receive_maximum
