@@ -260,6 +260,34 @@ async def _mqtt_latency(dsn: str, broker: Broker, messages: list[Message], rate:
     return achieved, samples
 
 
+async def _compression(pool: asyncpg.Pool, profile: str, days: int) -> str:
+    """Compression ratio of `days` of a simulated 100-cow farm (a reading a minute per series) in
+    iot.sensor_data, every chunk but today's compressed: the contract's 30-day figure."""
+    if profile != "timescale":
+        return f"compression: not applicable to the {profile} profile (no TimescaleDB)"
+    farm = Farm(cows=100, zones=4)
+    end = utc_floor(datetime.now(UTC), 86_400)
+    async with pool.acquire() as conn:
+        await _reset(conn, profile)
+        total = 0
+        with tqdm(total=days, desc="compression: backfill", unit="day", leave=False) as bar:
+            for day in range(days, 0, -1):  # a day at a time: memory stays flat
+                rows = sensor_rows(farm, end - timedelta(days=day), 1440, 60.0, seed=day)
+                await conn.copy_records_to_table(SENSOR_DATA.name, schema_name="iot", records=rows,
+                                                 columns=SENSOR_DATA.columns)
+                total += len(rows)
+                bar.update()
+        started = time.perf_counter()
+        await conn.execute("SELECT compress_chunk(c, if_not_compressed => true) "
+                           "FROM show_chunks('iot.sensor_data', older_than => $1::timestamptz) c", end)
+        seconds = time.perf_counter() - started
+        before, after = await conn.fetchrow(
+            "SELECT sum(before_compression_total_bytes), sum(after_compression_total_bytes) "
+            "FROM hypertable_compression_stats('iot.sensor_data')")
+    return (f"compression: {days} days of a 100-cow farm, {total:,} readings, {before / 2**20:,.0f} MiB -> "
+            f"{after / 2**20:,.1f} MiB, {before / after:.1f}:1 (compressed in {seconds:.1f} s)")
+
+
 def _percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -267,7 +295,7 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, batch_rows: int,
               chunk: int, producers: int, http_clients: int = 4, mqtt_messages_count: int = 200_000,
-              latency_seconds: float = 10.0) -> list[str]:
+              latency_seconds: float = 10.0, compression_days: int = 0) -> list[str]:
     """Run the benchmark in a scratch database (dropped and re-made) and return the printed lines."""
     admin = await asyncpg.connect(dsn, database="postgres")
     try:
@@ -310,6 +338,8 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
         assert stored == rows, f"HTTP: stored {stored} of {rows} rows"
         lines.append(f"{http.line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
                      f"p99 {_percentile(latencies, .99) * 1000:.0f} ms")
+        if compression_days:
+            lines.append(await _compression(pool, result.profile, compression_days))
         if Broker.available():
             mqtt_lines, mqtt_summary = await _mqtt_figures(dsn, pool, result.profile, data[:mqtt_messages_count],
                                                            ceiling, latency_seconds)

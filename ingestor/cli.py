@@ -57,7 +57,7 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
     lines = await bench.run(dsn, settings.migrations_dir, rows=args.rows, profile=args.profile,
                             batch_rows=args.batch_rows, chunk=args.chunk, producers=args.producers,
                             http_clients=args.http_clients, mqtt_messages_count=args.mqtt_messages,
-                            latency_seconds=args.latency_seconds)
+                            latency_seconds=args.latency_seconds, compression_days=args.compression_days)
     print("\n".join(lines))
     return 0
 
@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-clients", type=int, default=4, help="concurrent HTTP clients")
     p.add_argument("--mqtt-messages", type=int, default=200_000, help="backlog drained over MQTT")
     p.add_argument("--latency-seconds", type=float, default=10.0, help="duration of the 20,000/s MQTT run")
+    p.add_argument("--compression-days", type=int, default=0,
+                   help="timescale: backfill this many days of a 100-cow farm and report the compression ratio")
     p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_bench)")
     p.set_defaults(run=_bench)
 
