@@ -75,6 +75,7 @@ class HerdState:
     rumination_level: np.ndarray = field(init=False)
     temperature_level: np.ndarray = field(init=False)
     battery: np.ndarray = field(init=False)
+    origin: datetime | None = None  # the first tick: days in milk advance from it
 
     def __post_init__(self) -> None:
         n = self.cows
@@ -118,6 +119,8 @@ def _diurnal(t: datetime, peak_hour: float) -> float:
 def messages(state: HerdState, t: datetime, interval_s: float, events: list[Event]) -> Iterator[tuple[str, bytes]]:
     """The (topic, payload) of everything the farm publishes in the tick ending at `t`."""
     farm, rng, n = state.farm_id, state.rng, state.cows
+    if state.origin is None:
+        state.origin = t
     active = [e for e in events if e.active(t)]
     by_kind: dict[str, set[int]] = {k: {e.cow for e in active if e.kind == k and e.cow is not None}
                                     for k in EVENT_KINDS}
@@ -173,7 +176,8 @@ def _milkings(state: HerdState, t: datetime, interval_s: float, by_kind: dict[st
             continue
         per_second = state.cows / (90 * 60)
         first, last = int(offset * per_second), int(min((offset + interval_s) * per_second, state.cows))
-        session_yield = wood_yield(state.days_in_milk) / len(MILKING_HOURS)
+        days = state.days_in_milk + (t - state.origin).total_seconds() / 86_400
+        session_yield = wood_yield(days) / len(MILKING_HOURS)
         for c in range(first, last):
             kg = float(session_yield[c]) * (0.8 if c in by_kind["yield_drop"] else 1.0) * rng.normal(1, 0.05)
             conductivity = rng.normal(4.8, 0.3)
