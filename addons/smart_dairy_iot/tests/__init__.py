@@ -1,0 +1,9 @@
+from . import (
+    test_alert_pull,
+    test_export,
+    test_install,
+    test_registry_push,
+    test_security,
+    test_timing,
+    test_views,
+)

@@ -1,0 +1,1 @@
+from . import sd_api_key_wizard, sd_export_wizard
