@@ -26,11 +26,21 @@ def thi_class(value: float) -> str | None:
     return next((name for threshold, name in THI_LEVELS if value >= threshold), None)
 
 
+# A baseline is trusted once it has seen this many values over at least this long: a cow's first
+# hours on a collar (or an ingestor's first minutes without restored state) raise nothing.
+SETTLED_SAMPLES = 4
+SETTLED_SPAN_S = 86_400.0
+# Values further than this many standard deviations from the mean are folded in clipped to that
+# distance (winsorised): an oestrus or a fever must not drag the cow's own baseline up after it.
+WINSOR_Z = 3.0
+
+
 @dataclass(frozen=True)
 class Baseline:
     mean: float
     std: float
     samples: int
+    settled: bool = True
 
     def zscore(self, value: float) -> float:
         """How many standard deviations `value` is from the mean (0 while the spread is unknown)."""
@@ -41,40 +51,139 @@ class Baseline:
         return value / self.mean if self.mean else 1.0
 
 
+# Indexes into a series' state list (a list, not an object: there is one per animal and metric):
+# the baseline's mean and variance, its last and first times, its count; the short moving average.
+_MEAN, _VAR, _LAST_T, _N, _FIRST_T, _AVG, _LAST_V = range(7)
+
+
 class Baselines:
     """An exponentially weighted mean and variance per series, weighted by time, not by count: a
     reading's weight halves every `half_life_s`, so a series that reports every minute and one that
-    reports hourly have baselines over the same span of time. Four floats a series."""
+    reports hourly have baselines over the same span of time. Seven floats a series (with the short
+    moving average and last value that `Signals` keeps beside the baseline)."""
 
     def __init__(self, half_life_s: float) -> None:
         self.half_life_s = half_life_s
-        self._state: dict[object, list[float]] = {}  # key -> [mean, variance, last time (epoch s), samples]
+        self._state: dict[object, list[float]] = {}
+
+    def _spread(self, s: list[float]) -> float:
+        # The variance starts from zero: divided by the weight gathered so far it is unbiased from
+        # the start (as Adam corrects its moments), instead of a fraction of the truth for days.
+        gathered = 1.0 - 0.5 ** ((s[_LAST_T] - s[_FIRST_T]) / self.half_life_s)
+        return math.sqrt(s[_VAR] / gathered) if gathered > 0 else 0.0
+
+    def _baseline(self, s: list[float]) -> Baseline:
+        return Baseline(s[_MEAN], self._spread(s), int(s[_N]),
+                        s[_N] >= SETTLED_SAMPLES and s[_LAST_T] - s[_FIRST_T] >= SETTLED_SPAN_S)
 
     def get(self, key: object) -> Baseline | None:
         s = self._state.get(key)
-        return None if s is None else Baseline(s[0], math.sqrt(s[1]), int(s[3]))
+        return None if s is None else self._baseline(s)
 
     def observe(self, key: object, t: float, value: float) -> Baseline | None:
         """Fold `value` at epoch `t` into the series' baseline; return the baseline as it was before,
         which is what the value is judged against (None for the first value of a series)."""
         s = self._state.get(key)
         if s is None:
-            self._state[key] = [value, 0.0, t, 1.0]
+            self._state[key] = [value, 0.0, t, 1.0, t, value, value]
             return None
-        before = Baseline(s[0], math.sqrt(s[1]), int(s[3]))
-        if t <= s[2]:  # late or repeated: judged, not folded in (the baseline only moves forward)
-            return before
-        alpha = 1.0 - 0.5 ** ((t - s[2]) / self.half_life_s)
-        delta = value - s[0]
-        s[0] += alpha * delta
-        s[1] = (1.0 - alpha) * (s[1] + alpha * delta * delta)
-        s[2] = t
-        s[3] += 1
+        before = self._baseline(s)
+        self._fold(s, t, value, before.std if before.settled else None)
         return before
 
-    def restore(self, key: object, t: float, mean: float, std: float, samples: int) -> None:
-        """Seed a series from stored aggregates after a restart."""
-        self._state[key] = [mean, std * std, t, float(samples)]
+    def _fold(self, s: list[float], t: float, value: float, std: float | None) -> None:
+        """Move the baseline to `value` at `t`; `std`: the spread to winsorise at, once settled.
+        A late or repeated value is judged by the caller but not folded in: baselines only move forward."""
+        if t <= s[_LAST_T]:
+            return
+        if std is not None:
+            reach = WINSOR_Z * std
+            value = min(max(value, s[_MEAN] - reach), s[_MEAN] + reach)
+        alpha = 1.0 - 0.5 ** ((t - s[_LAST_T]) / self.half_life_s)
+        delta = value - s[_MEAN]
+        s[_MEAN] += alpha * delta
+        s[_VAR] = (1.0 - alpha) * (s[_VAR] + alpha * delta * delta)
+        s[_LAST_T] = t
+        s[_N] += 1
+
+    def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float) -> None:
+        """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`."""
+        gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
+        self._state[key] = [mean, std * std * gathered, t, float(samples), t - span_s, mean, mean]
 
     def __len__(self) -> int:
         return len(self._state)
+
+
+# What the alert rules can ask about a source (contract section 7). Per metric: the value, its ratio
+# to and z-score against the source's own baseline, a short moving average and the rate of change
+# per hour; per zone: THI; per device: battery, signal and missed reporting intervals.
+METRIC_SIGNALS = ("value", "ratio", "zscore", "average", "rate")
+SOURCE_SIGNALS = ("thi", "battery", "signal_strength", "missed_intervals")
+SIGNALS = METRIC_SIGNALS + SOURCE_SIGNALS
+
+# Sources of THI: a zone's newest air temperature and humidity.
+THI_INPUTS = ("temperature_c", "humidity_percent")
+
+
+class Signals:
+    """The current signals of every source (a cow, a zone, a device), updated reading by reading.
+
+    `baseline_half_life_s` sets how far back "the cow's own normal" reaches (days: slow enough that
+    an episode of hours stands out, fast enough to follow the lactation curve); `average_half_life_s`
+    sets the moving average's span. Each source's signals are one dict keyed (signal, metric), which
+    the rules read directly. This runs for every reading: one state lookup, no objects made.
+    """
+
+    def __init__(self, baseline_half_life_s: float = 3 * 86_400.0, average_half_life_s: float = 3_600.0) -> None:
+        self.baselines = Baselines(baseline_half_life_s)
+        self.average_half_life_s = average_half_life_s
+        self.current: dict[str, dict[tuple[str, str | None], float]] = {}
+        self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
+        # The signals some rule asks for: the others are not computed (the baseline always is).
+        self.wanted: frozenset[str] = frozenset(SIGNALS)
+
+    def fold(self, source: str, t: float, metric: str, value: float) -> dict[tuple[str, str | None], float]:
+        """Take one reading of `metric` from `source` at epoch `t`; return the source's signals."""
+        signals = self.current.get(source)
+        if signals is None:
+            signals = self.current[source] = {}
+        keys = self._keys.get(metric)
+        if keys is None:
+            keys = self._keys[metric] = tuple((name, metric) for name in METRIC_SIGNALS)
+        k_value, k_ratio, k_zscore, k_average, k_rate = keys
+        signals[k_value] = value
+        states = self.baselines._state
+        s = states.get((source, metric))
+        if s is None:
+            states[(source, metric)] = [value, 0.0, t, 1.0, t, value, value]
+            signals[k_average] = value
+        else:
+            last_t, mean, wanted = s[_LAST_T], s[_MEAN], self.wanted
+            settled = s[_N] >= SETTLED_SAMPLES and last_t - s[_FIRST_T] >= SETTLED_SPAN_S
+            std = self.baselines._spread(s) if settled else None
+            if settled:  # judged against the baseline as it was before this reading
+                signals[k_ratio] = value / mean if mean else 1.0
+                if "zscore" in wanted:
+                    signals[k_zscore] = (value - mean) / std if std else 0.0
+            if t > last_t:
+                if "rate" in wanted:
+                    signals[k_rate] = (value - s[_LAST_V]) * 3600.0 / (t - last_t)
+                if "average" in wanted:
+                    s[_AVG] += (1.0 - 0.5 ** ((t - last_t) / self.average_half_life_s)) * (value - s[_AVG])
+                    signals[k_average] = s[_AVG]
+                s[_LAST_V] = value
+                self.baselines._fold(s, t, value, std)
+        if metric in THI_INPUTS:
+            air, humidity = signals.get(("value", "temperature_c")), signals.get(("value", "humidity_percent"))
+            if air is not None and humidity is not None:
+                signals[("thi", None)] = thi(air, humidity)
+        return signals
+
+    def set(self, source: str, signal: str, value: float) -> dict[tuple[str, str | None], float]:
+        """Set a source-level signal (battery, signal strength, missed intervals)."""
+        signals = self.current.get(source)
+        if signals is None:
+            signals = self.current[source] = {}
+        signals[(signal, None)] = value
+        return signals

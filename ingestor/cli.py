@@ -9,6 +9,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,7 +19,7 @@ import msgspec
 import numpy as np
 from tqdm import tqdm
 
-from . import apikeys, bench, herd, maintenance, storage
+from . import apikeys, bench, evaluate, herd, maintenance, storage
 from .config import Settings, load_settings
 from .device_state import DeviceStates
 from .loadgen import Publisher
@@ -58,6 +59,15 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
                             batch_rows=args.batch_rows, chunk=args.chunk, producers=args.producers,
                             http_clients=args.http_clients, mqtt_messages_count=args.mqtt_messages,
                             latency_seconds=args.latency_seconds, compression_days=args.compression_days)
+    print("\n".join(lines))
+    return 0
+
+
+async def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    dsn = args.dsn or _with_database(settings.dsn, "smart_dairy_evaluate")
+    lines = await evaluate.run(dsn, settings.migrations_dir, cows=args.cows, days=args.days, zones=args.zones,
+                               interval_s=args.interval, seed=args.seed, profile=args.profile,
+                               ground_truth=args.ground_truth, keep=args.keep)
     print("\n".join(lines))
     return 0
 
@@ -270,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=60.0, help="seconds between readings")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(run=_simulate)
+
+    p = sub.add_parser("evaluate", help="a labelled simulated herd through the pipeline: alert precision and recall")
+    p.add_argument("--cows", type=int, default=500)
+    p.add_argument("--days", type=float, default=30.0)
+    p.add_argument("--zones", type=int, default=4)
+    p.add_argument("--interval", type=float, default=900.0, help="seconds between collar and climate readings")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--profile", choices=["auto", *storage.PROFILES], default="auto")
+    p.add_argument("--ground-truth", type=Path, metavar="FILE", help="also write the labelled events here")
+    p.add_argument("--keep", action="store_true", help="keep the scratch database to look at")
+    p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_evaluate)")
+    p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("serve", help="HTTP API, MQTT subscriber, alerts and maintenance loop")
     p.add_argument("--host", help="default $SMART_DAIRY_HTTP_HOST or 127.0.0.1")

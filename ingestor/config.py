@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     max_inflight_bytes: int = Field(128 << 20, ge=1 << 20)
     # How long a request waits for room in a full writer before it gets 503 and Retry-After.
     admit_timeout: float = Field(2.0, gt=0)
+    # Judge the alert rules of iot.alert_rules on every validated batch (contract section 7).
+    alerts_enabled: bool = True
 
 
 def load_settings(**overrides: object) -> Settings:

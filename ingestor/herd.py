@@ -10,7 +10,8 @@ Numbers and their sources: Wood's lactation curve y = a t^b e^(-ct) with a=20, b
 (kg/day; Wood 1967, Holstein-like parameters); rumination 450-550 min/day, a drop of 30-50 % when
 sick; body temperature 38.3-39.0 degC, fever above 39.5 (seed 000 section 3.1); oestrus: activity
 two to four times baseline for 8-18 h; mastitis: conductivity up 20-40 %, yield down 10-20 %, SCC
-over 200,000 (seed 000 section 3.1); heat stress: THI over 72 from barn temperature and humidity.
+over 200,000 (seed 000 section 3.1); heat stress: THI over 72 from barn temperature and humidity (a
+normal day peaks at 21 degC, THI ~67; a heat wave holds the zone at 27 degC or more).
 """
 
 from __future__ import annotations
@@ -148,8 +149,10 @@ def messages(state: HerdState, t: datetime, interval_s: float, events: list[Even
             "resting_minutes": round(float(720 + rng.normal(0, 20)), 1),
             "temperature_c": round(float(temperature[c]), 2), "battery_level": int(state.battery[c])}))
     for z in range(state.zones):
-        air = 18 + 7 * _diurnal(t, 15) + rng.normal(0, 0.3) + (9 if z in hot_zones else 0)
-        humidity = 65 - 12 * _diurnal(t, 15) + rng.normal(0, 1.5) + (10 if z in hot_zones else 0)
+        air = 15 + 6 * _diurnal(t, 15) + rng.normal(0, 0.3)
+        humidity = 65 - 12 * _diurnal(t, 15) + rng.normal(0, 1.5)
+        if z in hot_zones:  # a heat wave in this zone: at least 27 degC, and muggier (THI well over 72)
+            air, humidity = max(air + 9, 27 + rng.normal(0, 0.3)), humidity + 10
         topic = f"dairy/farm/{farm}/barn/1/zone/{zone_id(farm, z)}/sensor/{zone_uid(farm, z)}/telemetry"
         yield (topic, msgspec.json.encode({
             "timestamp": stamp, "device_id": zone_uid(farm, z), "readings": {

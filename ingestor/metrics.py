@@ -27,6 +27,7 @@ class Metrics:
     items_rejected: Counter
     http_requests: Counter
     http_seconds: Histogram
+    alerts: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -61,4 +62,5 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
                               registry=r),
         http_seconds=Histogram("smart_dairy_http_seconds", "HTTP request duration, body read to answer", ["route"],
                                buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=r),
+        alerts=Counter("smart_dairy_alerts", "Alerts raised and resolved, by rule", ["rule", "event"], registry=r),
     )

@@ -26,6 +26,7 @@ from paho.mqtt.client import PUBACK
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from .alerts import Decisions, as_messages
 from .config import Settings
 from .pipeline import Pipeline
 from .topics import TopicError, decode_message, subscriptions
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _PUBACK = struct.Struct("!BBH")  # fixed header (PUBACK, remaining length 2), packet id
 _U16 = struct.Struct("!H")
+# Alerts waiting to be published while the broker is away (each is in iot.alerts already).
+ALERT_QUEUE = 10_000
 SESSION_EXPIRY_S = 7 * 24 * 3600  # the broker keeps our session (and queues for it) a week while we are away
 
 
@@ -152,6 +155,7 @@ class Subscriber:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: _BufferedClient | None = None
         self._stopping = False
+        pipeline.alert_listeners.append(self.publish_alerts)
 
     # --- paho's thread ----------------------------------------------------------------------
 
@@ -199,6 +203,7 @@ class Subscriber:
         client.on_disconnect = self._on_disconnect
         client.deliver = self._deliver
         client.reconnect_delay_set(min_delay=1, max_delay=10)
+        client.max_queued_messages_set(ALERT_QUEUE)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = SESSION_EXPIRY_S
         props.ReceiveMaximum = self.settings.mqtt_receive_maximum
@@ -262,6 +267,15 @@ class Subscriber:
         await asyncio.gather(*work)  # committed, or retried by the writers until it is
         self.status.received += len(batch)
         self._acknowledge(batch)
+
+    def publish_alerts(self, decisions: Decisions) -> None:
+        """Publish stored alerts (QoS 1). iot.alerts is their record; while the broker is away paho
+        keeps a bounded queue of them."""
+        client = self._client
+        if client is None:
+            return
+        for topic, payload in as_messages(decisions):
+            client.publish(topic, payload, qos=1)
 
     def _acknowledge(self, batch: list[_Message]) -> None:
         client = self._client

@@ -1,6 +1,7 @@
 """The ingestor's running parts, shared by the HTTP API and the MQTT subscriber: the database pool,
-the registry cache, one writer per table, and the background loops (registry refresh, device state,
-maintenance). `ingest` is the one path every item takes: validate, write, dead-letter the rest.
+the registry cache, one writer per table, the alert rules, and the background loops (registry
+refresh, device state, alert rules and silence, maintenance). `ingest` is the one path every item
+takes: validate, judge the alert rules, write rows and alerts, dead-letter the rest.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from . import maintenance
+from . import alerts, maintenance
+from .alerts import Alerting, Decisions
 from .config import Settings
 from .device_state import DeviceStates
 from .metrics import Metrics, build_metrics
 from .registry import RegistryCache
-from .storage import stored_profile
+from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS, stored_profile
 from .tables import DEAD_LETTERS, MILK_PRODUCTION, RFID_EVENTS, SENSOR_DATA, Table
 from .validation import Context, ItemError, Validated, validate_milk, validate_readings, validate_rfid
 from .writer import Writer
@@ -62,6 +64,9 @@ class Pipeline:
         self.writers: dict[str, Writer] = {}
         self.dead_letters: Writer | None = None
         self._background = background
+        self.alerting = Alerting() if settings.alerts_enabled else None
+        # Called with what was stored, after it is committed (the MQTT side publishes it).
+        self.alert_listeners: list[Callable[[Decisions], None]] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,6 +76,12 @@ class Pipeline:
         async with self.pool.acquire() as conn:
             self.profile = await stored_profile(conn) or "unknown"
             await self.registry.refresh(conn)
+            if self.alerting is not None:
+                self._rules_fingerprint = await conn.fetchval(alerts.RULES_FINGERPRINT)
+                self.alerting.set_rules(await alerts.load_rules(conn))
+                episodes, series = await alerts.restore(conn, self.alerting, self.registry.current)
+                log.info("alerts: %d rules; restored %d episodes and %d baselines", len(self.alerting.rules),
+                         episodes, series)
         common = dict(batch_rows=s.batch_rows, batch_delay=s.batch_delay, max_pending_rows=s.max_pending_rows,
                       metrics=self.metrics)
         self.writers = {kind: Writer(self.pool, table, **common,
@@ -79,6 +90,8 @@ class Pipeline:
         self.dead_letters = Writer(self.pool, DEAD_LETTERS, **common)
         self._tasks = [asyncio.create_task(self.registry.run(self.pool, s.registry_interval, self._stop)),
                        asyncio.create_task(self.device_states.run(self.pool, 1.0, self._stop))]
+        if self.alerting is not None:
+            self._tasks.append(asyncio.create_task(self._watch_alerts(s.registry_interval)))
         if self._background:
             self._tasks.append(asyncio.create_task(
                 maintenance.run_forever(s.dsn, s.maintenance_interval, metrics=self.metrics, stop=self._stop)))
@@ -120,6 +133,11 @@ class Pipeline:
                 letters.append((now, channel, sources[e.index] if sources is not None else source, payload_text(item),
                                 msgspec.json.encode([e.as_json()]).decode()))
         writes = [self.writers[kind].write(validated.rows, channel=channel, source=source, admit_timeout=admit_timeout)]
+        # Judged before the rows are stored and stored beside them: the caller's acknowledgement waits
+        # for both, so a crash in between re-delivers the readings and re-raises the same alert ids.
+        decisions = self._judge(kind, validated.rows)
+        if decisions:
+            writes.append(self.store_alerts(decisions))
         if letters:
             writes.append(self.dead_letters.write(letters, channel=channel, source=source))
         stored, *_ = await asyncio.gather(*writes)
@@ -130,6 +148,63 @@ class Pipeline:
             self.metrics.items_rejected.labels(channel=channel, reason=e.field or "item").inc()
         errors.sort(key=lambda e: e.index)
         return IngestResult(stored.stored, errors)
+
+    def _judge(self, kind: str, rows: list[tuple]) -> Decisions | None:
+        if self.alerting is None or not rows:
+            return None
+        if kind == "sensor":
+            return self.alerting.observe_readings(rows, self.registry.current)
+        if kind == "milk":
+            return self.alerting.observe_milk(rows, self.registry.current)
+        return None
+
+    async def store_alerts(self, decisions: Decisions) -> None:
+        """Commit raised and resolved alerts (retried while the database is away), then tell listeners."""
+        delay = 0.05
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    await alerts.store(conn, decisions)
+                break
+            except (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError) as exc:
+                log.warning("storing %d alerts failed (%s); retrying in %.2fs",
+                            len(decisions.raised) + len(decisions.resolved), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except asyncpg.PostgresError:
+                # A statement error will not go away by retrying; the readings must not wait on it.
+                log.exception("alerts could not be stored: %s", decisions.raised[:1] or decisions.resolved[:1])
+                return
+        for row in decisions.raised:
+            self.metrics.alerts.labels(rule=row[2], event="raised").inc()
+        for row in decisions.resolved:
+            self.metrics.alerts.labels(rule=row[0].split(":", 1)[0], event="resolved").inc()
+        for listener in self.alert_listeners:
+            listener(decisions)
+
+    async def _watch_alerts(self, interval: float) -> None:
+        """Reload rules edited in Odoo, take up resolutions made there, judge silent devices."""
+        watermark = datetime.now(UTC)
+        while not self._stop.is_set():
+            try:
+                async with self.pool.acquire() as conn:
+                    fingerprint = await conn.fetchval(alerts.RULES_FINGERPRINT)
+                    if fingerprint != self._rules_fingerprint:
+                        self.alerting.set_rules(await alerts.load_rules(conn))
+                        self._rules_fingerprint = fingerprint
+                        log.info("alert rules reloaded: %d active", len(self.alerting.rules))
+                    watermark = await alerts.pull_resolutions(conn, self.alerting, watermark)
+                now = datetime.now(UTC).timestamp()
+                decisions = self.alerting.check_devices(now, self.registry.current)
+                if decisions:
+                    await self.store_alerts(decisions)
+                self.alerting.prune()
+            except RETRYABLE_ERRORS as exc:
+                log.warning("alert housekeeping failed, retrying: %s", exc)
+            try:
+                await asyncio.wait_for(self._stop.wait(), interval)
+            except TimeoutError:
+                pass
 
     async def reject(self, *, channel: str, source: str, payload: bytes | str, reason: str,
                      field_name: str | None = None) -> None:

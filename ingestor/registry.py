@@ -26,6 +26,7 @@ class Device:
     zone_id: int | None
     gain: float
     offset: float
+    expected_interval_s: int = 300
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Registry:
     animals: dict[int, int] = field(default_factory=dict)  # animal id -> farm id
     animal_codes: dict[tuple[int, str], int] = field(default_factory=dict)  # (farm, ear tag) -> animal id
     animal_tags: dict[str, int] = field(default_factory=dict)  # RFID EPC -> animal id
+    animal_names: dict[int, str] = field(default_factory=dict)  # animal id -> ear tag, for alert messages
     zones: dict[int, int] = field(default_factory=dict)  # zone id -> farm id
     api_keys: dict[str, ApiKey] = field(default_factory=dict)  # key prefix -> key
 
@@ -65,16 +67,17 @@ def api_key_from_row(row: asyncpg.Record) -> ApiKey:
 async def load(conn: asyncpg.Connection) -> Registry:
     """Read the whole registry in one snapshot."""
     async with conn.transaction(isolation="repeatable_read", readonly=True):
-        devices = await conn.fetch("SELECT device_uid, farm_id, device_type, animal_id, zone_id, "
-                                   "calibration_gain, calibration_offset FROM iot.devices WHERE active")
+        devices = await conn.fetch("SELECT device_uid, farm_id, device_type, animal_id, zone_id, calibration_gain, "
+                                   "calibration_offset, expected_interval_s FROM iot.devices WHERE active")
         animals = await conn.fetch("SELECT id, farm_id, code, rfid_epc FROM iot.animals WHERE active")
         zones = await conn.fetch("SELECT id, farm_id FROM iot.zones WHERE active")
         keys = await conn.fetch(f"SELECT {API_KEY_COLUMNS} FROM iot.api_keys")
     return Registry(
-        devices={r[0]: Device(r[1], r[2], r[3], r[4], r[5], r[6]) for r in devices},
+        devices={r[0]: Device(*r[1:]) for r in devices},
         animals={r[0]: r[1] for r in animals},
         animal_codes={(r[1], r[2]): r[0] for r in animals},
         animal_tags={r[3]: r[0] for r in animals if r[3]},
+        animal_names={r[0]: r[2] for r in animals},
         zones={r[0]: r[1] for r in zones},
         api_keys={r["key_prefix"]: api_key_from_row(r) for r in keys},
     )

@@ -76,6 +76,16 @@ def database_name(dsn: str) -> str:
     return name
 
 
+async def drop_database(dsn: str) -> None:
+    """Drop the DSN's database if it exists (scratch databases of `bench` and `evaluate`)."""
+    admin = await asyncpg.connect(dsn, database="postgres")
+    try:
+        quoted = await admin.fetchval("SELECT quote_ident($1)", database_name(dsn))
+        await admin.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")  # identifier quoted by the server
+    finally:
+        await admin.close()
+
+
 async def create_database_if_missing(dsn: str) -> bool:
     """Create the DSN's database when it does not exist; return whether it was created."""
     try:

@@ -52,9 +52,9 @@ def test_late_values_are_judged_but_do_not_move_the_baseline() -> None:
 
 def test_restore_seeds_a_series() -> None:
     b = Baselines(3600)
-    b.restore("s", 0.0, 38.6, 0.2, 500)
+    b.restore("s", 0.0, 38.6, 0.2, 500, 86_400)
     base = b.observe("s", 60.0, 39.8)
-    assert base is not None and base.samples == 500 and base.zscore(39.8) == pytest.approx(6.0)
+    assert base is not None and base.samples == 500 and base.settled and base.zscore(39.8) == pytest.approx(6.0)
 
 
 @given(st.lists(st.floats(-1e6, 1e6), min_size=2, max_size=50))
