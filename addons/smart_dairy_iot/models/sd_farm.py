@@ -1,5 +1,6 @@
 from odoo import api, fields, models
 from odoo.addons.base.models.res_partner import _tz_get
+from odoo.exceptions import UserError
 
 
 class SdFarm(models.Model):
@@ -39,6 +40,14 @@ class SdFarm(models.Model):
         if not self.env.su:
             self.env.user.sudo().sd_farm_ids = [fields.Command.link(f.id) for f in farms]
         return farms
+
+    @api.ondelete(at_uninstall=False)
+    def _unlink_except_api_keys(self):
+        # The ingestor requires every key to name a farm; a key left without one could not be pushed.
+        keys = self.env["sd.api.key"].sudo().search([("farm_ids", "in", self.ids)])
+        if keys:
+            raise UserError(self.env._("Farms used by API keys (%s) cannot be deleted: archive them instead.",
+                                       ", ".join(keys.mapped("name"))))
 
     def _action_open(self, model, name):
         return {

@@ -1,11 +1,13 @@
 import csv
 import io
+from unittest.mock import patch
 
 from odoo import fields
-from odoo.exceptions import AccessError
+from odoo.exceptions import AccessError, UserError
 from odoo.tests import HttpCase, tagged
 from odoo.tools import SQL
 
+from ..wizards import sd_export_wizard
 from ..wizards.sd_export_wizard import AGGREGATE_HEADER, RAW_HEADER
 from .common import SmartDairyCase
 
@@ -144,6 +146,14 @@ class TestExport(ExportCase):
         batches = list(wizard._iter_rows(self.env.cr))
         self.assertEqual(sum(len(b) for b in batches), 6 * 2 * 288)
         self.assertTrue(all(len(b) <= 10_000 for b in batches))
+
+    def test_xlsx_refuses_more_rows_than_a_sheet_holds(self):
+        wizard = self.wizard(granularity="raw", file_format="xlsx")
+        with patch.object(sd_export_wizard, "XLSX_MAX_ROWS", 100), self.assertRaises(UserError):
+            wizard.action_export()
+        wizard.file_format = "csv"
+        action = wizard.action_export()
+        self.assertEqual(action["url"], f"/smart_dairy_iot/export/{wizard.id}")
 
     def test_user_cannot_export_another_farm(self):
         with self.assertRaises(AccessError):

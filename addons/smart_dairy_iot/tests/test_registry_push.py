@@ -1,6 +1,7 @@
 import hashlib
 
 from odoo import fields
+from odoo.exceptions import AccessError, UserError
 from odoo.tests import tagged
 from odoo.tools import SQL
 
@@ -150,3 +151,31 @@ class TestRegistryPush(SmartDairyCase):
             other.rollback()
             other.close()
         self.assertIsNotNone(self.sync._cron_push_registry(), "runs once the lock is free")
+
+    def test_deleted_farm_deactivates_its_registry(self):
+        self.push()
+        farm = self.farm_b
+        farm_id, uids = farm.id, farm.device_ids.mapped("device_uid")
+        farm.unlink()
+        self.push()
+        self.assertEqual(self.iot_one("SELECT active FROM iot.farms WHERE id = %s", farm_id), (False,))
+        self.assertEqual(self.iot("SELECT DISTINCT active FROM iot.zones WHERE farm_id = %s", farm_id), [(False,)])
+        self.assertEqual(self.iot("SELECT DISTINCT active FROM iot.animals WHERE farm_id = %s", farm_id), [(False,)])
+        self.assertEqual(self.iot("SELECT DISTINCT active FROM iot.devices WHERE device_uid = ANY(%s)", uids),
+                         [(False,)])
+
+    def test_farm_with_api_keys_cannot_be_deleted(self):
+        self.env["sd.api.key"]._generate("Gateway", self.farm_b)
+        with self.assertRaises(UserError):
+            self.farm_b.unlink()
+        with self.assertRaises(UserError):
+            self.env["sd.api.key"].search([("name", "=", "Gateway")]).unlink()
+
+    def test_buttons_run_the_sync_for_managers(self):
+        action = self.env["sd.farm"].with_user(self.manager_a).action_push_now()
+        self.assertEqual(action["tag"], "display_notification")
+        self.assertEqual(self.iot_one("SELECT count(*) FROM iot.farms WHERE id = %s", self.farm_b.id), (1,))
+        with self.assertRaises(AccessError):
+            self.env["sd.farm"].with_user(self.user_a).action_push_now()
+        action = self.env["sd.alert"].with_user(self.user_a).action_pull_now()
+        self.assertEqual(action["tag"], "display_notification")

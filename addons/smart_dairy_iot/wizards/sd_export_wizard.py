@@ -7,7 +7,7 @@ import tempfile
 from datetime import timedelta
 
 from odoo import api, fields, models
-from odoo.exceptions import UserError
+from odoo.exceptions import UserError, ValidationError
 from odoo.tools import SQL
 
 FETCH_ROWS = 10_000  # rows per FETCH from the server-side cursor: memory stays flat whatever the range
@@ -37,7 +37,7 @@ class SdExportWizard(models.TransientModel):
     @api.constrains("date_from", "date_to")
     def _check_dates(self):
         if any(w.date_from >= w.date_to for w in self):
-            raise UserError(self.env._("The export range must end after it starts."))
+            raise ValidationError(self.env._("The export range must end after it starts."))
 
     def _metrics(self):
         return [m.strip() for m in (self.metric_names or "").split(",") if m.strip()]
