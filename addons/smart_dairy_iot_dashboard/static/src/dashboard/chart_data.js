@@ -63,6 +63,8 @@ export function milkChart(data) {
     const days = periodDays(data.today, data.days);
     const byDay = Object.fromEntries(data.charts.milk_daily.map((d) => [d.day, d.kg]));
     const kg = days.map((day) => byDay[day] || 0);
+    // Today is not over: its bar grows during the day, the mean stops at yesterday.
+    const mean = rollingMean(kg.slice(0, -1)).concat([null]);
     return {
         isEmpty: data.charts.milk_daily.length === 0,
         config: {
@@ -73,7 +75,7 @@ export function milkChart(data) {
                     {
                         type: "line",
                         label: _t("7-day mean"),
-                        data: rollingMean(kg),
+                        data: mean,
                         borderColor: AVERAGE_COLOR,
                         backgroundColor: AVERAGE_COLOR,
                         pointRadius: 0,
