@@ -52,29 +52,35 @@ class Baseline:
 
 
 # Indexes into a series' state list (a list, not an object: there is one per animal and metric):
-# the baseline's mean and variance, its last and first times, its count; the short moving average.
-_MEAN, _VAR, _LAST_T, _N, _FIRST_T, _AVG, _LAST_V = range(7)
+# the baseline's mean and variance, last time and count; the weight of the baseline's start still
+# in it (0.5 ** (span / half-life)); the short moving average and last value; the last interval
+# between readings with its two smoothing factors (series report at fixed intervals: computed once).
+_MEAN, _VAR, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG = range(10)
+
+
+def _new_state(t: float, value: float) -> list[float]:
+    return [value, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0]
 
 
 class Baselines:
     """An exponentially weighted mean and variance per series, weighted by time, not by count: a
     reading's weight halves every `half_life_s`, so a series that reports every minute and one that
-    reports hourly have baselines over the same span of time. Seven floats a series (with the short
-    moving average and last value that `Signals` keeps beside the baseline)."""
+    reports hourly have baselines over the same span of time. Ten floats a series (with the short
+    moving average, over `average_half_life_s`, that `Signals` reads beside the baseline)."""
 
-    def __init__(self, half_life_s: float) -> None:
+    def __init__(self, half_life_s: float, average_half_life_s: float = 3_600.0) -> None:
         self.half_life_s = half_life_s
+        self.average_half_life_s = average_half_life_s
+        # Settled: enough values, and a day behind them (the start's weight has fallen this far).
+        self.settled_remaining = 0.5 ** (SETTLED_SPAN_S / half_life_s)
         self._state: dict[object, list[float]] = {}
 
-    def _spread(self, s: list[float]) -> float:
+    def _baseline(self, s: list[float]) -> Baseline:
         # The variance starts from zero: divided by the weight gathered so far it is unbiased from
         # the start (as Adam corrects its moments), instead of a fraction of the truth for days.
-        gathered = 1.0 - 0.5 ** ((s[_LAST_T] - s[_FIRST_T]) / self.half_life_s)
-        return math.sqrt(s[_VAR] / gathered) if gathered > 0 else 0.0
-
-    def _baseline(self, s: list[float]) -> Baseline:
-        return Baseline(s[_MEAN], self._spread(s), int(s[_N]),
-                        s[_N] >= SETTLED_SAMPLES and s[_LAST_T] - s[_FIRST_T] >= SETTLED_SPAN_S)
+        std = math.sqrt(s[_VAR] / (1.0 - s[_REMAINING])) if s[_REMAINING] < 1.0 else 0.0
+        return Baseline(s[_MEAN], std, int(s[_N]),
+                        s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
 
     def get(self, key: object) -> Baseline | None:
         s = self._state.get(key)
@@ -85,31 +91,40 @@ class Baselines:
         which is what the value is judged against (None for the first value of a series)."""
         s = self._state.get(key)
         if s is None:
-            self._state[key] = [value, 0.0, t, 1.0, t, value, value]
+            self._state[key] = _new_state(t, value)
             return None
         before = self._baseline(s)
         self._fold(s, t, value, before.std if before.settled else None)
         return before
 
     def _fold(self, s: list[float], t: float, value: float, std: float | None) -> None:
-        """Move the baseline to `value` at `t`; `std`: the spread to winsorise at, once settled.
-        A late or repeated value is judged by the caller but not folded in: baselines only move forward."""
-        if t <= s[_LAST_T]:
+        """Move the baseline and the moving average to `value` at `t`; `std`: the spread to winsorise
+        at, once settled. A late or repeated value is judged by the caller but not folded in:
+        baselines only move forward."""
+        dt = t - s[_LAST_T]
+        if dt <= 0:
             return
+        if dt != s[_DT]:
+            s[_DT], s[_ALPHA] = dt, 1.0 - 0.5 ** (dt / self.half_life_s)
+            s[_ALPHA_AVG] = 1.0 - 0.5 ** (dt / self.average_half_life_s)
+        s[_AVG] += s[_ALPHA_AVG] * (value - s[_AVG])
+        s[_LAST_V] = value
         if std is not None:
             reach = WINSOR_Z * std
             value = min(max(value, s[_MEAN] - reach), s[_MEAN] + reach)
-        alpha = 1.0 - 0.5 ** ((t - s[_LAST_T]) / self.half_life_s)
+        alpha = s[_ALPHA]
         delta = value - s[_MEAN]
         s[_MEAN] += alpha * delta
         s[_VAR] = (1.0 - alpha) * (s[_VAR] + alpha * delta * delta)
+        s[_REMAINING] *= 1.0 - alpha
         s[_LAST_T] = t
         s[_N] += 1
 
     def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float) -> None:
         """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`."""
-        gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
-        self._state[key] = [mean, std * std * gathered, t, float(samples), t - span_s, mean, mean]
+        remaining = 0.5 ** (span_s / self.half_life_s)
+        self._state[key] = [mean, std * std * (1.0 - remaining), t, float(samples), remaining, mean, mean, -1.0, 0.0,
+                            0.0]
 
     def __len__(self) -> int:
         return len(self._state)
@@ -136,8 +151,7 @@ class Signals:
     """
 
     def __init__(self, baseline_half_life_s: float = 3 * 86_400.0, average_half_life_s: float = 3_600.0) -> None:
-        self.baselines = Baselines(baseline_half_life_s)
-        self.average_half_life_s = average_half_life_s
+        self.baselines = Baselines(baseline_half_life_s, average_half_life_s)
         self.current: dict[str, dict[tuple[str, str | None], float]] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
         # The signals some rule asks for: the others are not computed (the baseline always is).
@@ -153,27 +167,24 @@ class Signals:
             keys = self._keys[metric] = tuple((name, metric) for name in METRIC_SIGNALS)
         k_value, k_ratio, k_zscore, k_average, k_rate = keys
         signals[k_value] = value
-        states = self.baselines._state
-        s = states.get((source, metric))
+        baselines = self.baselines
+        s = baselines._state.get((source, metric))
         if s is None:
-            states[(source, metric)] = [value, 0.0, t, 1.0, t, value, value]
+            baselines._state[(source, metric)] = _new_state(t, value)
             signals[k_average] = value
         else:
-            last_t, mean, wanted = s[_LAST_T], s[_MEAN], self.wanted
-            settled = s[_N] >= SETTLED_SAMPLES and last_t - s[_FIRST_T] >= SETTLED_SPAN_S
-            std = self.baselines._spread(s) if settled else None
-            if settled:  # judged against the baseline as it was before this reading
+            std = None
+            if s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= baselines.settled_remaining:
+                # judged against the baseline as it was before this reading
+                mean, std = s[_MEAN], math.sqrt(s[_VAR] / (1.0 - s[_REMAINING]))
                 signals[k_ratio] = value / mean if mean else 1.0
-                if "zscore" in wanted:
-                    signals[k_zscore] = (value - mean) / std if std else 0.0
+                signals[k_zscore] = (value - mean) / std if std else 0.0
+            last_t, last_value = s[_LAST_T], s[_LAST_V]
+            baselines._fold(s, t, value, std)
             if t > last_t:
-                if "rate" in wanted:
-                    signals[k_rate] = (value - s[_LAST_V]) * 3600.0 / (t - last_t)
-                if "average" in wanted:
-                    s[_AVG] += (1.0 - 0.5 ** ((t - last_t) / self.average_half_life_s)) * (value - s[_AVG])
-                    signals[k_average] = s[_AVG]
-                s[_LAST_V] = value
-                self.baselines._fold(s, t, value, std)
+                signals[k_average] = s[_AVG]
+                if "rate" in self.wanted:
+                    signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
         if metric in THI_INPUTS:
             air, humidity = signals.get(("value", "temperature_c")), signals.get(("value", "humidity_percent"))
             if air is not None and humidity is not None:

@@ -41,11 +41,12 @@ HTTP_TARGET, HTTP_MIN_RATE = 0.6, 100_000
 HTTP_BATCH = 10_000
 MQTT_MIN_RATE, LATENCY_RATE, LATENCY_P99 = 30_000, 20_000, 1.0
 ALERT_P99 = 2.0  # contract section 6: triggering reading -> row in iot.alerts and alert published
-# A rule each alert probe trips at once: every probe is a new device, so a new episode and alert.
+# A rule each alert probe trips at once: every probe is a new device reporting a flat battery, so a
+# new episode and alert.
 _PROBE_RULE = """
     INSERT INTO iot.alert_rules (code, name, category, severity, conditions, suppression_s, max_per_hour)
     VALUES ('bench_probe', 'Bench alert probe', 'bench', 'info',
-            '[{"signal": "value", "metric": "nh3_ppm", "op": ">=", "value": 99}]', 0, 1000000)
+            '[{"signal": "battery", "metric": null, "op": "<=", "value": 1}]', 0, 1000000)
     ON CONFLICT (code) DO NOTHING
 """
 _READING_KEYS = ("timestamp", "device_uid", "device_type", "farm_id", "metric_name", "metric_value", "metric_unit")
@@ -259,9 +260,9 @@ async def _mqtt_latency(dsn: str, broker: Broker, messages: list[Message],
         loop = asyncio.get_running_loop()
 
         def on_alert(_c: object, _u: object, message: object) -> None:
-            source = msgspec.json.decode(message.payload).get("source_id", "")
-            if source in heard:
-                loop.call_soon_threadsafe(heard[source].set)
+            alert = msgspec.json.decode(message.payload)
+            if alert.get("rule_code") == "bench_probe" and alert.get("source_id") in heard:
+                loop.call_soon_threadsafe(heard[alert["source_id"]].set)
 
         listener = await asyncio.to_thread(Publisher, broker.port, "bench-alert-listener")
         listener.client.on_message = on_alert
@@ -287,10 +288,11 @@ async def _mqtt_latency(dsn: str, broker: Broker, messages: list[Message],
                 probe = f"ALERT-PROBE-{k}"
                 heard[probe] = asyncio.Event()
                 sent = time.perf_counter()
-                prober.client.publish(f"dairy/farm/1/barn/1/zone/1/sensor/{probe}/telemetry", msgspec.json.encode(
-                    {"timestamp": datetime.now(UTC), "readings": {"nh3_ppm": 99.5}}), qos=1)
+                prober.client.publish(f"system/farm/1/device/{probe}/status", msgspec.json.encode(
+                    {"timestamp": datetime.now(UTC), "battery_level": 1}), qos=1)
                 await asyncio.wait_for(heard[probe].wait(), 30)
-                while not await conn.fetchval("SELECT 1 FROM iot.alerts WHERE source_id = $1", probe):
+                while not await conn.fetchval("SELECT 1 FROM iot.alerts WHERE rule_code = 'bench_probe' "
+                                              "AND source_id = $1", probe):
                     await asyncio.sleep(0.002)
                 alert_samples.append(time.perf_counter() - sent)
                 await asyncio.sleep(0.1)

@@ -192,6 +192,14 @@ async def _show(settings: Settings, args: argparse.Namespace) -> int:  # noqa: A
                 GROUP BY 1, 2 ORDER BY 2, 1"""):
             print(f"  {r['device_type']:<11} {r['metric_name']:<20} {r['devices']:>5} devices {r['n']:>9,} readings  "
                   f"mean {r['mean']:>8.2f}  range {r['lo']:.2f} .. {r['hi']:.2f}")
+        print("\nalerts raised in the last 24 h of data (iot.alerts), by rule:")
+        for r in await conn.fetch("""
+                SELECT rule_code, severity, count(*) AS n, count(*) FILTER (WHERE status <> 'resolved') AS still_open
+                FROM iot.alerts WHERE time >= (SELECT max(time) FROM iot.alerts) - interval '24 hours'
+                GROUP BY 1, 2 ORDER BY 3 DESC"""):
+            print(f"  {r['rule_code']:<16} {r['severity']:<8} {r['n']:>5} raised, {r['still_open']:>4} open")
+        for r in await conn.fetch("SELECT time, message FROM iot.alerts ORDER BY time DESC LIMIT 5"):
+            print(f"  {r['time']:%m-%d %H:%M}  {r['message']}")
         print("\ndevices (iot.device_current_status):")
         for r in await conn.fetch("SELECT status, count(*) FROM iot.device_current_status GROUP BY 1 ORDER BY 1"):
             print(f"  {r['status']:<9} {r['count']:>6}")

@@ -146,13 +146,13 @@ async def test_restart_in_the_middle_of_an_episode_raises_no_duplicate_and_resto
     await send(api, history)
     await send(api, [collar(m, "body_temperature_c", 40.2) for m in (170, 160, 150, 140)])  # fever for 30 min
     [before] = await alerts_of(api, "fever")
+    server.should_exit = True
+    await task
     conn = await asyncpg.connect(db)
     try:  # what the maintenance loop does within its interval: the history is in the rollups
         await maintenance.run_once(conn)
     finally:
         await conn.close()
-    server.should_exit = True
-    await task
 
     server, task, url, pipeline = await start_api(db, **settings)
     api.url, api.pipeline = url, pipeline
