@@ -1,4 +1,11 @@
-"""The dashboard's one data call: everything the screen shows, computed in SQL over the aggregates."""
+"""The dashboard's one data call: everything the screen shows, computed in SQL over the aggregates.
+
+It reads the same `iot` aggregates as smart_dairy_iot's reporting models (sd.report.*), directly
+rather than through their views, so that the farm filter reaches the aggregates' (farm_id, bucket)
+indexes (an `= ANY(farms)` on a joined farm column would not), and maps devices to cows and zones
+through Odoo's own registry (sd.device), the master that iot.devices is pushed from. The farms are
+those the user's record rules let the ORM find; alerts go through the ORM.
+"""
 
 from datetime import timedelta
 

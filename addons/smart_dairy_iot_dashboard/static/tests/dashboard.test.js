@@ -1,10 +1,14 @@
 import { defineMailModels } from "@mail/../tests/mail_test_helpers";
 import { beforeEach, describe, expect, test } from "@odoo/hoot";
 import { queryAllTexts, queryOne } from "@odoo/hoot-dom";
-import { animationFrame } from "@odoo/hoot-mock";
+import { advanceTime, animationFrame } from "@odoo/hoot-mock";
 import { contains, makeMockEnv, mockService, mountWithCleanup, onRpc } from "@web/../tests/web_test_helpers";
 import { alertsChart, milkChart, outlierChart, periodDays, rollingMean } from "@smart_dairy_iot_dashboard/dashboard/chart_data";
-import { SmartDairyDashboard } from "@smart_dairy_iot_dashboard/dashboard/dashboard";
+import {
+    BUS_NOTIFICATION,
+    REFRESH_INTERVAL_MS,
+    SmartDairyDashboard,
+} from "@smart_dairy_iot_dashboard/dashboard/dashboard";
 import { reasonLabel } from "@smart_dairy_iot_dashboard/dashboard/attention_list";
 
 defineMailModels();
@@ -246,20 +250,39 @@ describe("dashboard screen", () => {
         // Only an open alert can be acknowledged; any unresolved one can be resolved.
         expect(".o_sd_alert_row[data-alert-id='42'] .o_sd_ack").toHaveCount(0);
         await contains(".o_sd_alert_row[data-alert-id='41'] .o_sd_ack").click();
-        await animationFrame();
-        expect.verifySteps(["acknowledge 41", 'get_data [false,"30d"]']);
+        await expect.waitForSteps(["acknowledge 41", 'get_data [false,"30d"]']);
         await contains(".o_sd_alert_row[data-alert-id='42'] .o_sd_resolve").click();
+        await expect.waitForSteps(["resolve 42", 'get_data [false,"30d"]']);
+    });
+
+    test("new alerts of the farm over the bus, and the timer, refresh the screen", async () => {
+        const listeners = {};
+        mockService("bus_service", {
+            subscribe(type, callback) {
+                listeners[type] = callback;
+            },
+            unsubscribe(type) {
+                delete listeners[type];
+            },
+        });
+        await mountDashboard();
+        expect.verifySteps(['get_data [false,"30d"]']);
+        listeners[BUS_NOTIFICATION]({ farm_ids: [2] }); // another farm than the one shown
         await animationFrame();
-        expect.verifySteps(["resolve 42", 'get_data [false,"30d"]']);
+        expect.verifySteps([]);
+        listeners[BUS_NOTIFICATION]({ farm_ids: [1] });
+        await expect.waitForSteps(['get_data [false,"30d"]']);
+        await advanceTime(REFRESH_INTERVAL_MS);
+        await expect.waitForSteps(['get_data [false,"30d"]']);
     });
 
     test("farm and period selectors reload with their values", async () => {
         await mountDashboard();
         expect.verifySteps(['get_data [false,"30d"]']);
         await contains(".o_sd_farm_select").select("2");
-        expect.verifySteps(['get_data [2,"30d"]']);
+        await expect.waitForSteps(['get_data [2,"30d"]']);
         await contains(".o_sd_period button[data-period='7d']").click();
-        expect.verifySteps(['get_data [2,"7d"]']);
+        await expect.waitForSteps(['get_data [2,"7d"]']);
         expect(queryOne(".o_sd_period button[data-period='7d']")).toHaveClass("btn-primary");
     });
 });
