@@ -52,14 +52,25 @@ class Baseline:
 
 
 # Indexes into a series' state list (a list, not an object: there is one per animal and metric):
-# the baseline's mean and variance, last time and count; the weight of the baseline's start still
-# in it (0.5 ** (span / half-life)); the short moving average and last value; the last interval
+# the baseline's weighted sums of values and of squares, last time and count; the weight not yet
+# gathered (0.5 ** (span / half-life)); the short moving average and last value; the last interval
 # between readings with its two smoothing factors (series report at fixed intervals: computed once).
-_MEAN, _VAR, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG = range(10)
+_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG = range(10)
 
 
 def _new_state(t: float, value: float) -> list[float]:
-    return [value, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0]
+    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0]
+
+
+def _moments(s: list[float]) -> tuple[float, float]:
+    """Mean and standard deviation of a series' baseline. The weighted sums start from zero and are
+    divided by the weight gathered so far (as Adam corrects its moments): unbiased from the second
+    reading on, where a mean started at the first value would still be mostly that value days later."""
+    gathered = 1.0 - s[_REMAINING]
+    if gathered <= 0.0:
+        return s[_LAST_V], 0.0
+    mean = s[_SUM] / gathered
+    return mean, math.sqrt(max(s[_SQUARES] / gathered - mean * mean, 0.0))
 
 
 class Baselines:
@@ -76,11 +87,8 @@ class Baselines:
         self._state: dict[object, list[float]] = {}
 
     def _baseline(self, s: list[float]) -> Baseline:
-        # The variance starts from zero: divided by the weight gathered so far it is unbiased from
-        # the start (as Adam corrects its moments), instead of a fraction of the truth for days.
-        std = math.sqrt(s[_VAR] / (1.0 - s[_REMAINING])) if s[_REMAINING] < 1.0 else 0.0
-        return Baseline(s[_MEAN], std, int(s[_N]),
-                        s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
+        mean, std = _moments(s)
+        return Baseline(mean, std, int(s[_N]), s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
 
     def get(self, key: object) -> Baseline | None:
         s = self._state.get(key)
@@ -94,13 +102,13 @@ class Baselines:
             self._state[key] = _new_state(t, value)
             return None
         before = self._baseline(s)
-        self._fold(s, t, value, before.std if before.settled else None)
+        self._fold(s, t, value, before.mean, before.std if before.settled else None)
         return before
 
-    def _fold(self, s: list[float], t: float, value: float, std: float | None) -> None:
-        """Move the baseline and the moving average to `value` at `t`; `std`: the spread to winsorise
-        at, once settled. A late or repeated value is judged by the caller but not folded in:
-        baselines only move forward."""
+    def _fold(self, s: list[float], t: float, value: float, mean: float, std: float | None) -> None:
+        """Move the baseline and the moving average to `value` at `t`; `mean`, `std`: the baseline
+        before, `std` given once settled, to winsorise at. A late or repeated value is judged by the
+        caller but not folded in: baselines only move forward."""
         dt = t - s[_LAST_T]
         if dt <= 0:
             return
@@ -111,20 +119,20 @@ class Baselines:
         s[_LAST_V] = value
         if std is not None:
             reach = WINSOR_Z * std
-            value = min(max(value, s[_MEAN] - reach), s[_MEAN] + reach)
+            value = min(max(value, mean - reach), mean + reach)
         alpha = s[_ALPHA]
-        delta = value - s[_MEAN]
-        s[_MEAN] += alpha * delta
-        s[_VAR] = (1.0 - alpha) * (s[_VAR] + alpha * delta * delta)
-        s[_REMAINING] *= 1.0 - alpha
+        keep = 1.0 - alpha
+        s[_SUM] = keep * s[_SUM] + alpha * value
+        s[_SQUARES] = keep * s[_SQUARES] + alpha * value * value
+        s[_REMAINING] *= keep
         s[_LAST_T] = t
         s[_N] += 1
 
     def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float) -> None:
         """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`."""
-        remaining = 0.5 ** (span_s / self.half_life_s)
-        self._state[key] = [mean, std * std * (1.0 - remaining), t, float(samples), remaining, mean, mean, -1.0, 0.0,
-                            0.0]
+        gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
+        self._state[key] = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered,
+                            mean, mean, -1.0, 0.0, 0.0]
 
     def __len__(self) -> int:
         return len(self._state)
@@ -175,12 +183,13 @@ class Signals:
         else:
             std = None
             if s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= baselines.settled_remaining:
-                # judged against the baseline as it was before this reading
-                mean, std = s[_MEAN], math.sqrt(s[_VAR] / (1.0 - s[_REMAINING]))
+                mean, std = _moments(s)  # judged against the baseline as it was before this reading
                 signals[k_ratio] = value / mean if mean else 1.0
                 signals[k_zscore] = (value - mean) / std if std else 0.0
+            else:
+                mean = 0.0
             last_t, last_value = s[_LAST_T], s[_LAST_V]
-            baselines._fold(s, t, value, std)
+            baselines._fold(s, t, value, mean, std)
             if t > last_t:
                 signals[k_average] = s[_AVG]
                 if "rate" in self.wanted:

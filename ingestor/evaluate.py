@@ -139,7 +139,8 @@ def _specificity(events: Sequence[herd.Event], alerts: Sequence[asyncpg.Record],
 
 
 async def run(dsn: str, migrations: Path, *, cows: int, days: float, zones: int, interval_s: float, seed: int,
-              profile: str | None, ground_truth: Path | None, keep: bool, farm: int = 1) -> list[str]:
+              profile: str | None, ground_truth: Path | None, keep: bool, farm: int = 1,
+              events_per_cow_day: float = 0.02) -> list[str]:
     """Simulate, ingest, score; return the printed lines."""
     await storage.drop_database(dsn)
     result = await storage.migrate(dsn, migrations, profile)
@@ -147,7 +148,7 @@ async def run(dsn: str, migrations: Path, *, cows: int, days: float, zones: int,
     end = utc_floor(datetime.now(UTC) - timedelta(minutes=10), int(interval_s))
     start = end - timedelta(days=days)
     state = herd.HerdState(farm, cows, zones, rng)
-    events = herd.plan_events(cows, zones, start, end, rng=rng)
+    events = herd.plan_events(cows, zones, start, end, per_cow_day=events_per_cow_day, rng=rng)
     if ground_truth is not None:
         ground_truth.write_text("".join(msgspec.json.encode(e.as_json(farm)).decode() + "\n" for e in events))
     conn = await asyncpg.connect(dsn)
