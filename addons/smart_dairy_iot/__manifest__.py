@@ -28,6 +28,9 @@
         "views/sd_menus.xml",
     ],
     "demo": ["demo/sd_demo.xml"],
+    "assets": {
+        "web.assets_tests": ["smart_dairy_iot/static/tests/tours/**/*"],
+    },
     "pre_init_hook": "pre_init_hook",
     "post_init_hook": "post_init_hook",
     "application": True,

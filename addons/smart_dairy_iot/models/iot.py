@@ -32,12 +32,14 @@ def missing_relations(cr):
 def check_iot_schema(env):
     """Raise a UserError that says what to run when the `iot` schema is missing or incomplete."""
     missing = missing_relations(env.cr)
-    if missing:
-        raise UserError(env._(
-            "Smart Dairy IoT needs the `iot` schema of the Smart Dairy ingestor in this database (%(db)s), "
-            "but %(missing)s is missing. Run `smart-dairy migrate` with SMART_DAIRY_DSN pointing at this "
-            "database, then install or upgrade the module again.",
-            db=env.cr.dbname, missing=", ".join(missing)))
+    if not missing:
+        return
+    what = (env._("it has no `iot` schema") if len(missing) == len(REQUIRED_RELATIONS)
+            else env._("its `iot` schema lacks %s", ", ".join(missing)))
+    raise UserError(env._(
+        "Smart Dairy IoT needs the `iot` schema of the Smart Dairy ingestor in this database (%(db)s), but "
+        "%(what)s. Run `smart-dairy migrate` with SMART_DAIRY_DSN pointing at this database, then install or "
+        "upgrade the module again.", db=env.cr.dbname, what=what))
 
 
 def try_lock(cr, key):

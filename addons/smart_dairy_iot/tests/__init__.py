@@ -5,5 +5,6 @@ from . import (
     test_registry_push,
     test_security,
     test_timing,
+    test_tour,
     test_views,
 )
