@@ -169,7 +169,7 @@ class TestExportDownload(HttpCase, ExportCase):
         wizard = self.wizard(granularity="hourly", metric_names="temperature_c")
         action = wizard.action_export()
         self.authenticate("sd_user_a", "sd_user_a")
-        response = self.url_open(action["url"])
+        response = self.url_open(action["url"], timeout=120)
         self.assertEqual(response.status_code, 200)
         self.assertIn("attachment", response.headers["Content-Disposition"])
         header, *rows = list(csv.reader(io.StringIO(response.text)))
@@ -180,6 +180,6 @@ class TestExportDownload(HttpCase, ExportCase):
     def test_download_of_another_users_wizard_is_refused(self):
         wizard = self.wizard(user=self.env.user, farm_id=self.farm_b.id)
         self.authenticate("sd_user_a", "sd_user_a")
-        response = self.url_open(f"/smart_dairy_iot/export/{wizard.id}")
+        response = self.url_open(f"/smart_dairy_iot/export/{wizard.id}", timeout=120)
         self.assertNotEqual(response.status_code, 200)
         self.assertNotIn("COL-FB", response.text)
