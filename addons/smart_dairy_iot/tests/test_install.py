@@ -1,5 +1,6 @@
 from odoo.exceptions import UserError
 from odoo.tests import tagged
+from odoo.tools import SQL
 
 from ..models.iot import REQUIRED_RELATIONS, check_iot_schema
 from .common import SmartDairyCase
@@ -40,3 +41,14 @@ class TestInstall(SmartDairyCase):
             words = definition.replace("\n", " ").split()
             self.assertNotIn("iot.sensor_data", words, f"{model} must not read raw readings")
             self.assertNotIn("iot.milk_production_realtime", words, model)
+
+    def test_report_filters_reach_the_aggregates(self):
+        # Date ranges filter the timestamptz bucket (indexed), not the naive UTC column shown.
+        query = self.env["sd.report.reading.hourly"]._search(
+            [("date", ">=", "2026-01-01 00:00:00"), ("farm_id", "in", self.farm_a.ids)])
+        where = self.env.cr.mogrify(query.where_clause.code, query.where_clause.params).decode()
+        self.assertIn('"bucket" >= (', where)
+        self.assertIn("AT TIME ZONE 'UTC'", where)
+        self.env.cr.execute(SQL("EXPLAIN %s", query.select()))
+        plan = "\n".join(row[0] for row in self.env.cr.fetchall())
+        self.assertIn("farm_id", plan)
