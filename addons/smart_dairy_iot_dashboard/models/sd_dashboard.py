@@ -230,35 +230,36 @@ class SdDashboard(models.AbstractModel):
         """Per cow with a collar: last-24-hours activity and rumination as ratios of her baseline."""
         today = ctx["today"]
         base_end = today - timedelta(days=1)
+        # Aggregated per collar and metric first (a hash aggregate into a few thousand groups, no
+        # sort of the hourly rows), then per cow: a cow wearing two collars counts once.
         self.env.cr.execute(SQL(
             """
-            WITH collar AS (
-                SELECT device_uid, animal_id FROM sd_device
-                 WHERE farm_id = ANY(%(farms)s) AND animal_id IS NOT NULL
-            ), base AS (
-                SELECT c.animal_id, d.metric_name, avg(d.avg_value) AS mean
-                  FROM iot.sensor_data_daily d JOIN collar c ON c.device_uid = d.device_uid
+            WITH base AS (
+                SELECT d.device_uid, d.metric_name, avg(d.avg_value) AS mean
+                  FROM iot.sensor_data_daily d
                  WHERE d.farm_id = ANY(%(farms)s) AND d.metric_name IN (%(activity)s, %(rumination)s)
                    AND d.bucket >= %(base_start)s AND d.bucket < %(base_end)s
                  GROUP BY 1, 2
             ), recent AS (
-                -- a cow wearing two collars counts once per hour
-                SELECT c.animal_id, h.metric_name, h.bucket, avg(h.avg_value) AS value
-                  FROM iot.sensor_data_hourly h JOIN collar c ON c.device_uid = h.device_uid
+                SELECT h.device_uid, h.metric_name, avg(h.avg_value) AS mean, max(b.mean) AS base,
+                       count(*) FILTER (WHERE h.avg_value >= %(heat)s * b.mean) AS high_hours
+                  FROM iot.sensor_data_hourly h
+                  LEFT JOIN base b ON b.device_uid = h.device_uid AND b.metric_name = h.metric_name
                  WHERE h.farm_id = ANY(%(farms)s) AND h.metric_name IN (%(activity)s, %(rumination)s)
                    AND h.bucket >= %(recent_start)s AND h.bucket <= %(now)s
-                 GROUP BY 1, 2, 3
+                 GROUP BY 1, 2
             )
-            SELECT r.animal_id,
-                   avg(r.value) FILTER (WHERE r.metric_name = %(activity)s),
-                   max(b.mean) FILTER (WHERE r.metric_name = %(activity)s),
-                   count(*) FILTER (WHERE r.metric_name = %(activity)s AND r.value >= %(heat)s * b.mean),
-                   avg(r.value) FILTER (WHERE r.metric_name = %(rumination)s),
-                   max(b.mean) FILTER (WHERE r.metric_name = %(rumination)s)
+            SELECT c.animal_id,
+                   avg(r.mean) FILTER (WHERE r.metric_name = %(activity)s),
+                   avg(r.base) FILTER (WHERE r.metric_name = %(activity)s),
+                   coalesce(max(r.high_hours) FILTER (WHERE r.metric_name = %(activity)s), 0),
+                   avg(r.mean) FILTER (WHERE r.metric_name = %(rumination)s),
+                   avg(r.base) FILTER (WHERE r.metric_name = %(rumination)s)
               FROM recent r
-              LEFT JOIN base b ON b.animal_id = r.animal_id AND b.metric_name = r.metric_name
-             GROUP BY r.animal_id
-             ORDER BY r.animal_id
+              JOIN sd_device c ON c.device_uid = r.device_uid AND c.animal_id IS NOT NULL
+             WHERE c.farm_id = ANY(%(farms)s)
+             GROUP BY c.animal_id
+             ORDER BY c.animal_id
             """,
             farms=ctx["farm_ids"], activity=ACTIVITY, rumination=RUMINATION,
             base_start=base_end - timedelta(days=BASELINE_DAYS), base_end=base_end,
@@ -324,17 +325,22 @@ class SdDashboard(models.AbstractModel):
     def _thi(self, ctx):
         """THI per zone and hour over THI_DAYS from the zone sensors' hourly temperature and humidity."""
         self.env.cr.execute(SQL(
+            "SELECT device_uid, zone_id FROM sd_device "
+            "WHERE farm_id = ANY(%s) AND zone_id IS NOT NULL AND animal_id IS NULL", ctx["farm_ids"]))
+        sensors = self.env.cr.fetchall()
+        # The few zone sensors' uids lead the aggregates' (device_uid, metric_name, bucket) index: a
+        # plan that cannot degrade into scanning every collar's rows once per sensor.
+        self.env.cr.execute(SQL(
             """
-            WITH env AS (
-                SELECT device_uid, zone_id FROM sd_device
-                 WHERE farm_id = ANY(%(farms)s) AND zone_id IS NOT NULL AND animal_id IS NULL
+            WITH sensor AS (
+                SELECT * FROM unnest(%(uids)s::text[], %(zones)s::int[]) AS s(device_uid, zone_id)
             ), hourly AS (
-                SELECT e.zone_id, h.bucket,
+                SELECT s.zone_id, h.bucket,
                        avg(h.avg_value) FILTER (WHERE h.metric_name = %(temp)s) AS t,
                        avg(h.avg_value) FILTER (WHERE h.metric_name = %(rh)s) AS rh
-                  FROM iot.sensor_data_hourly h JOIN env e ON e.device_uid = h.device_uid
-                 WHERE h.farm_id = ANY(%(farms)s) AND h.metric_name IN (%(temp)s, %(rh)s)
-                   AND h.bucket >= %(start)s AND h.bucket <= %(now)s
+                  FROM iot.sensor_data_hourly h JOIN sensor s ON s.device_uid = h.device_uid
+                 WHERE h.device_uid = ANY(%(uids)s) AND h.metric_name IN (%(temp)s, %(rh)s)
+                   AND h.farm_id = ANY(%(farms)s) AND h.bucket >= %(start)s AND h.bucket <= %(now)s
                  GROUP BY 1, 2
             )
             SELECT zone_id, bucket, (1.8 * t + 32) - (0.55 - 0.0055 * rh) * (1.8 * t - 26)
@@ -342,6 +348,7 @@ class SdDashboard(models.AbstractModel):
              WHERE t IS NOT NULL AND rh IS NOT NULL
              ORDER BY zone_id, bucket
             """,
+            uids=[uid for uid, _zone in sensors], zones=[zone for _uid, zone in sensors],
             farms=ctx["farm_ids"], temp=AIR_TEMPERATURE, rh=HUMIDITY,
             start=ctx["now"] - timedelta(days=THI_DAYS), now=ctx["now"],
         ))

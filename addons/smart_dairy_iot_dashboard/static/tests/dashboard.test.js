@@ -225,7 +225,7 @@ describe("dashboard screen", () => {
         expect(".o_sd_chart canvas").toHaveCount(0);
         expect(".o_sd_chart_empty").toHaveCount(4);
         expect(".o_sd_alerts .o_sd_empty").toHaveCount(1);
-        expect(".o_sd_attention .o_sd_empty").toHaveCount(1);
+        expect(".o_sd_attention .o_sd_empty").toHaveText("No cow data yet.");
     });
 
     test("a user without farms is told so", async () => {

@@ -25,6 +25,7 @@ export class AttentionList extends Component {
     static props = {
         cows: Array,
         total: Number,
+        hasData: Boolean, // a farm with no readings yet is not "all normal"
         onOpen: Function,
         onOpenAll: Function,
     };
