@@ -64,7 +64,6 @@ class DashboardCase(TransactionCase):
         cls.farm_a = Farm.create({"name": "Farm A", "code": "TFA"})
         cls.farm_b = Farm.create({"name": "Farm B", "code": "TFB"})
         cls.farm_empty = Farm.create({"name": "Empty Farm", "code": "TFE"})
-        cls._clear_iot(cls.farm_a | cls.farm_b | cls.farm_empty)
 
         cls.zone_a1 = cls.env["sd.zone"].create({"name": "Pen 1", "farm_id": cls.farm_a.id})
         cls.zone_a2 = cls.env["sd.zone"].create({"name": "Pen 2", "farm_id": cls.farm_a.id})
@@ -82,6 +81,9 @@ class DashboardCase(TransactionCase):
         cls.env_a2 = Device.create({"device_uid": "T-ENV-A2", "device_type": "env_sensor",
                                     "farm_id": cls.farm_a.id, "zone_id": cls.zone_a2.id})
 
+        cls.env.flush_all()
+        cls._clear_iot(cls.farm_a | cls.farm_b | cls.farm_empty)
+
         cls.user_a = new_test_user(cls.env, login="sd_dash_user_a", groups="smart_dairy_iot.group_iot_user")
         cls.user_a.sd_farm_ids = cls.farm_a
         cls.user_b = new_test_user(cls.env, login="sd_dash_user_b", groups="smart_dairy_iot.group_iot_user")
@@ -89,7 +91,8 @@ class DashboardCase(TransactionCase):
 
     @classmethod
     def _clear_iot(cls, farms):
-        # A database that already served a demo may hold rows of the same farm ids: start clean.
+        # A database that already served a demo may hold rows of the same farm ids, and a registry
+        # push would list the test devices in iot.devices (device status counts them): start clean.
         for table in [*cls.mat.values(), SQL.identifier("iot", "device_state")]:
             cls.env.cr.execute(SQL("DELETE FROM %s WHERE farm_id = ANY(%s)", table, farms.ids))
         cls.env.cr.execute(SQL("DELETE FROM iot.devices WHERE farm_id = ANY(%s)", farms.ids))
