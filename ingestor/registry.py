@@ -53,7 +53,7 @@ _FINGERPRINT = """
     SELECT (SELECT (count(*), max(updated_at))::text FROM iot.devices)
         || (SELECT (count(*), max(updated_at))::text FROM iot.animals)
         || (SELECT (count(*), max(updated_at))::text FROM iot.zones)
-        || (SELECT (count(*), max(coalesce(revoked_at, created_at)))::text FROM iot.api_keys)
+        || (SELECT (count(*), max(updated_at))::text FROM iot.api_keys)
 """
 
 API_KEY_COLUMNS = "id, key_prefix, key_hash, farm_ids, scopes, revoked_at IS NOT NULL AS revoked"
