@@ -1,4 +1,3 @@
-# ruff: noqa: B018 - an Odoo manifest is a bare dict literal
 {
     "name": "Smart Dairy IoT Dashboard",
     "summary": "The farm at a glance, live: milk, alerts, heat stress, cows and devices on one screen",

@@ -1,1 +1,1 @@
-from . import sd_alert, sd_dashboard  # noqa: F401
+from . import sd_alert, sd_dashboard

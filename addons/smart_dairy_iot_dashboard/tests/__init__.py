@@ -1,1 +1,1 @@
-from . import test_dashboard_data, test_dashboard_timing, test_dashboard_ui  # noqa: F401
+from . import test_dashboard_data, test_dashboard_timing, test_dashboard_ui

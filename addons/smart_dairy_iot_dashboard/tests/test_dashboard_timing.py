@@ -147,6 +147,6 @@ class TestDashboardTiming(DashboardCase):
         elapsed = min(timings)
         line = (f"SD-TIMING dashboard get_data, {COWS:,} cows, {DAYS} days: {elapsed * 1000:.0f} ms "
                 f"(best of 3; median {statistics.median(timings) * 1000:.0f} ms)")
-        print(line)  # noqa: T201 - the project's test run collects SD-TIMING lines from stdout
+        print(line)  # the project's test run collects SD-TIMING lines from stdout
         _logger.info(line)
         self.assertLess(elapsed, BOUND_S)
