@@ -150,6 +150,8 @@ def _check(c: Condition) -> Callable[..., bool]:
 
 def _compile(conditions: tuple[Condition, ...], combine: str) -> Callable[..., bool]:
     """A rule's verdict over its conditions (a condition whose signal is not known yet does not hold)."""
+    if len(conditions) > 1 and len({(c.signal, c.metric) for c in conditions}) == 1:
+        return _band(conditions, combine)
     checks = tuple(_check(c) for c in conditions)
     if len(checks) == 1:
         return checks[0]
@@ -161,6 +163,25 @@ def _compile(conditions: tuple[Condition, ...], combine: str) -> Callable[..., b
     if combine == "or":
         return lambda signals, metric=None: any(check(signals, metric) for check in checks)
     return lambda signals, metric=None: all(check(signals, metric) for check in checks)
+
+
+def _band(conditions: tuple[Condition, ...], combine: str) -> Callable[..., bool]:
+    """Conditions on one signal (z <= -5 or z >= 5): the signal is looked up once."""
+    signal, fixed = conditions[0].signal, conditions[0].metric
+    tests = tuple((OPERATORS[c.op], c.threshold) for c in conditions)
+    join = any if combine == "or" else all
+    if len(tests) == 2 and combine == "or":  # the usual band, outside or inside two thresholds
+        (op1, t1), (op2, t2) = tests
+
+        def either(signals: SignalMap, metric: str | None = None) -> bool:
+            value = signals.get((signal, metric if fixed == ANY_METRIC else fixed))
+            return value is not None and (op1(value, t1) or op2(value, t2))
+        return either
+
+    def band(signals: SignalMap, metric: str | None = None) -> bool:
+        value = signals.get((signal, metric if fixed == ANY_METRIC else fixed))
+        return value is not None and join(op(value, threshold) for op, threshold in tests)
+    return band
 
 
 @dataclass(frozen=True)
@@ -278,7 +299,7 @@ _M = {c: MILK_PRODUCTION.index(c) for c in ("time", "milk_meter_id", "animal_id"
 # What a milking session says about the cow, as metrics the rules can name.
 MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_ms", "somatic_cell_count",
                                                      "blood_detected", "mastitis_risk_score", "flow_rate_kg_min")}
-_newest_time = itemgetter(_S["device_uid"], _S["time"])
+_time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
 
 
 @dataclass(frozen=True)
@@ -362,30 +383,28 @@ class Alerting:
         if not self.rules:
             return out
         by_metric, any_metric, fold = self._by_metric, self._any_metric, self.signals.fold
-        episodes, any_open, device_state = self.engine.episodes, self._any_sources, self._device_state
+        episodes, any_open = self.engine.episodes, self._any_sources
         animals, zones, devices = self._names["animal"], self._names["zone"], self._names["device"]
-        ti, ui, ki, fi, mi, vi, ai, zi, bi, si = _S.values()
-        for row in rows:
+        ui, ki, mi, vi, ai, zi = (_S[c] for c in ("device_uid", "device_type", "metric_name", "metric_value",
+                                                   "animal_id", "zone_id"))
+        for row, t in zip(rows, map(datetime.timestamp, map(_time_of, rows)), strict=True):
             animal, zone, uid = row[ai], row[zi], row[ui]
             source = (animals.get(animal) if animal is not None else zones.get(zone) if zone is not None
                       else devices.get(uid))
             if source is None:
                 source = self._new_source(animal, zone, uid, row)
-            t, metric = row[ti].timestamp(), row[mi]
-            if metric not in DEVICE_METRICS:
-                signals = fold(source, t, metric, row[vi])
-                for rule in by_metric.get(metric, ()):
-                    if rule.holds(signals) or (rule.code, source) in episodes:
-                        self._judge(rule, source, t, signals, None, out, row[ki], registry)
-                for rule in any_metric:
-                    if rule.holds(signals, metric) or source in any_open:
-                        self._judge(rule, f"{source}:{metric}", t, signals, metric, out, row[ki], registry,
-                                    subject_of=source)
-            battery, signal = row[bi], row[si]
-            if (battery is not None or signal is not None) and device_state.get(uid) != (battery, signal):
-                device_state[uid] = (battery, signal)
-                self._judge_device(uid, row[fi], row[ki], animal, zone, t, battery, signal, out, registry)
-        self._note_seen(rows)
+            metric = row[mi]
+            if metric in DEVICE_METRICS:
+                continue
+            signals = fold(source, t, metric, row[vi])
+            for rule in by_metric.get(metric, ()):
+                if rule.holds(signals) or (rule.code, source) in episodes:
+                    self._judge(rule, source, t, signals, None, out, row[ki], registry)
+            for rule in any_metric:
+                if rule.holds(signals, metric) or source in any_open:
+                    self._judge(rule, f"{source}:{metric}", t, signals, metric, out, row[ki], registry,
+                                subject_of=source)
+        self._note_devices(rows, out, registry)
         return out
 
     def _new_source(self, animal: int | None, zone: int | None, uid: str, row: tuple) -> str:
@@ -452,19 +471,25 @@ class Alerting:
         """The newest data time seen from any farm: what "now" is for forgetting old episodes."""
         return max(self.clock.values(), default=0.0)
 
-    def _note_seen(self, rows: Sequence[tuple]) -> None:
-        newest = dict(map(_newest_time, rows))  # per device, its last row's time: rows arrive in time order
-        fi, ui = _S["farm_id"], _S["device_uid"]
-        farms = dict(zip(map(itemgetter(ui), rows), map(itemgetter(fi), rows), strict=True))
-        seen, clock, wall = self.last_seen, self.clock, time.time()
-        for uid, when in newest.items():
-            t, farm = when.timestamp(), farms[uid]
+    def _note_devices(self, rows: Sequence[tuple], out: Decisions, registry: Registry) -> None:
+        """Per device, its newest row of the batch: when it was last seen, the farm's clock, and its
+        battery and signal, judged by the device rules when either changed."""
+        newest = dict(zip(map(_uid_of, rows), rows, strict=True))  # rows of a device arrive in time order
+        seen, clock, wall, states = self.last_seen, self.clock, time.time(), self._device_state
+        ti, fi, ki, ai, zi, bi, si = (_S[c] for c in ("time", "farm_id", "device_type", "animal_id", "zone_id",
+                                                      "battery_level", "signal_strength"))
+        for uid, row in newest.items():
+            t, farm = row[ti].timestamp(), row[fi]
             before = seen.get(uid)
             if before is None or t > before[0]:
                 seen[uid] = (t, farm)
             if t > clock.get(farm, 0.0):
                 clock[farm] = t
                 self._received[farm] = wall
+            state = (row[bi], row[si])
+            if state != (None, None) and states.get(uid) != state and self._device_rules:
+                states[uid] = state
+                self._judge_device(uid, farm, row[ki], row[ai], row[zi], t, *state, out, registry)
 
     def _judge_device(self, uid: str, farm: int, device_type: str, animal: int | None, zone: int | None, t: float,
                       battery: int | None, signal: int | None, out: Decisions, registry: Registry) -> None:

@@ -54,12 +54,16 @@ class Baseline:
 # Indexes into a series' state list (a list, not an object: there is one per animal and metric):
 # the baseline's weighted sums of values and of squares, last time and count; the weight not yet
 # gathered (0.5 ** (span / half-life)); the short moving average and last value; the last interval
-# between readings with its two smoothing factors (series report at fixed intervals: computed once).
-_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG = range(10)
+# between readings with its two smoothing factors (series report at fixed intervals: computed once);
+# the baseline's mean and spread as of the last fold, and whether it was settled then (1.0).
+_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED = range(13)
+# A baseline spanning days takes at most one value a minute per series: a sensor reporting every few
+# seconds costs a lookup and two divisions per reading, not an update.
+MIN_FOLD_S = 60.0
 
 
 def _new_state(t: float, value: float) -> list[float]:
-    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0]
+    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0]
 
 
 def _moments(s: list[float]) -> tuple[float, float]:
@@ -87,8 +91,7 @@ class Baselines:
         self._state: dict[object, list[float]] = {}
 
     def _baseline(self, s: list[float]) -> Baseline:
-        mean, std = _moments(s)
-        return Baseline(mean, std, int(s[_N]), s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
+        return Baseline(s[_MEAN], s[_STD], int(s[_N]), s[_SETTLED] == 1.0)
 
     def get(self, key: object) -> Baseline | None:
         s = self._state.get(key)
@@ -106,11 +109,11 @@ class Baselines:
         return before
 
     def _fold(self, s: list[float], t: float, value: float, mean: float, std: float | None) -> None:
-        """Move the baseline and the moving average to `value` at `t`; `mean`, `std`: the baseline
-        before, `std` given once settled, to winsorise at. A late or repeated value is judged by the
-        caller but not folded in: baselines only move forward."""
+        """Move the baseline and the moving average to `value` at `t` (at most once a MIN_FOLD_S);
+        `mean`, `std`: the baseline before, `std` given once settled, to winsorise at. A late or
+        repeated value is judged by the caller but not folded in: baselines only move forward."""
         dt = t - s[_LAST_T]
-        if dt <= 0:
+        if dt < MIN_FOLD_S:
             return
         if dt != s[_DT]:
             s[_DT], s[_ALPHA] = dt, 1.0 - 0.5 ** (dt / self.half_life_s)
@@ -127,12 +130,16 @@ class Baselines:
         s[_REMAINING] *= keep
         s[_LAST_T] = t
         s[_N] += 1
+        s[_MEAN], s[_STD] = _moments(s)
+        s[_SETTLED] = float(s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
 
     def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float) -> None:
         """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`."""
         gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
-        self._state[key] = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered,
-                            mean, mean, -1.0, 0.0, 0.0]
+        s = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered, mean, mean,
+             -1.0, 0.0, 0.0, mean, std, 0.0]
+        s[_SETTLED] = float(samples >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
+        self._state[key] = s
 
     def __len__(self) -> int:
         return len(self._state)
@@ -162,8 +169,17 @@ class Signals:
         self.baselines = Baselines(baseline_half_life_s, average_half_life_s)
         self.current: dict[str, dict[tuple[str, str | None], float]] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
-        # The signals some rule asks for: the others are not computed (the baseline always is).
-        self.wanted: frozenset[str] = frozenset(SIGNALS)
+        self.wanted = frozenset(SIGNALS)
+
+    @property
+    def wanted(self) -> frozenset[str]:
+        """The signals some rule asks for: the moving average and rate are kept only when asked."""
+        return self._wanted
+
+    @wanted.setter
+    def wanted(self, signals: frozenset[str]) -> None:
+        self._wanted = signals
+        self._moving = bool(signals & {"average", "rate"})
 
     def fold(self, source: str, t: float, metric: str, value: float) -> dict[tuple[str, str | None], float]:
         """Take one reading of `metric` from `source` at epoch `t`; return the source's signals."""
@@ -182,17 +198,16 @@ class Signals:
             signals[k_average] = value
         else:
             std = None
-            if s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= baselines.settled_remaining:
-                mean, std = _moments(s)  # judged against the baseline as it was before this reading
+            if s[_SETTLED]:  # judged against the baseline as it was before this reading
+                mean, std = s[_MEAN], s[_STD]
                 signals[k_ratio] = value / mean if mean else 1.0
                 signals[k_zscore] = (value - mean) / std if std else 0.0
-            else:
-                mean = 0.0
-            last_t, last_value = s[_LAST_T], s[_LAST_V]
-            baselines._fold(s, t, value, mean, std)
-            if t > last_t:
-                signals[k_average] = s[_AVG]
-                if "rate" in self.wanted:
+            last_t = s[_LAST_T]
+            if t - last_t >= MIN_FOLD_S:
+                last_value = s[_LAST_V]
+                baselines._fold(s, t, value, s[_MEAN], std)
+                if self._moving:
+                    signals[k_average] = s[_AVG]
                     signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
         if metric in THI_INPUTS:
             air, humidity = signals.get(("value", "temperature_c")), signals.get(("value", "humidity_percent"))
