@@ -8,7 +8,6 @@ import asyncio
 import json
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import asyncpg
 import msgspec
@@ -16,6 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 
 from ingestor import apikeys, maintenance
+from ingestor.alerts import alert_id, source_of
 from ingestor.config import Settings
 from ingestor.loadgen import Broker
 
@@ -199,8 +199,7 @@ async def test_alerts_are_published_over_mqtt_as_stored(ingest, broker: Broker) 
         client.disconnect()
 
 
-def test_alert_ids_name_their_source(tmp_path: Path) -> None:
-    from ingestor.alerts import alert_id, source_of
+def test_alert_ids_name_their_source() -> None:
     key = alert_id("anomaly", "animal:3:eating_minutes", 1_700_000_000.9)
     assert key == "anomaly:animal:3:eating_minutes:1700000000"
     assert source_of("anomaly", key) == "animal:3:eating_minutes"
