@@ -46,11 +46,9 @@ class Condition:
     op: str
     threshold: float
 
-    def holds(self, signals: SignalMap, metric: str | None = None) -> bool | None:
-        """Whether the condition holds; None when its signal is not known yet. `metric` stands in
-        for "*"."""
-        value = signals.get((self.signal, metric if self.metric == ANY_METRIC else self.metric))
-        return None if value is None else OPERATORS[self.op](value, self.threshold)
+    def holds(self, signals: SignalMap, metric: str | None = None) -> bool:
+        """Whether the condition holds (not while its signal is unknown); `metric` stands in for "*"."""
+        return _check(self)(signals, metric)
 
     def describe(self, signals: SignalMap, metric: str | None = None) -> str:
         name = metric if self.metric == ANY_METRIC else self.metric
@@ -334,8 +332,8 @@ class Alerting:
     every metric) are judged on it, and a device's battery and signal rules only when either changed.
     """
 
-    def __init__(self, rules: Iterable[Rule] = (), *, signals: Signals | None = None) -> None:
-        self.signals = signals or Signals()
+    def __init__(self, rules: Iterable[Rule] = ()) -> None:
+        self.signals = Signals()
         self.engine = Engine()
         self.rules: tuple[Rule, ...] = ()
         self._subjects: dict[str, _Subject] = {}

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import asyncpg
 import pytest
 
 from ingestor import storage
 
-from .conftest import ADMIN_DSN, MIGRATIONS, _admin, drop_database, dsn_for
+from .conftest import ADMIN_DSN, MIGRATIONS, _admin, _timescale_available, drop_database, dsn_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDONS = ROOT / "addons"
@@ -85,19 +84,11 @@ async def _create_database(name: str) -> None:
     await _admin(f'CREATE DATABASE "{name}"')  # a uuid-based name: nothing to quote
 
 
-async def _timescale() -> bool:
-    conn = await asyncpg.connect(ADMIN_DSN)
-    try:
-        return await storage.timescale_available(conn)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def odoo_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """A database migrated by `smart-dairy migrate`'s code (timescale profile where available); dropped after."""
     name = f"sdo_{uuid.uuid4().hex[:12]}"
-    profile = "timescale" if asyncio.run(_timescale()) else "postgres"
+    profile = "timescale" if asyncio.run(_timescale_available()) else "postgres"
     try:
         asyncio.run(storage.migrate(dsn_for(name), MIGRATIONS, profile))
         yield name, tmp_path_factory.mktemp("odoo")
