@@ -30,6 +30,14 @@ BROKER_CONFIG = Path(__file__).resolve().parent.parent / "docker" / "mosquitto.c
 Message = tuple[str, bytes]
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The highest resident set size a running process has reached (VmHWM), in MB: what a flood cost it."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
