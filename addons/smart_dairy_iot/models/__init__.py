@@ -1,3 +1,4 @@
+from . import sd_farm_rules_mixin  # first: the models below inherit it
 from . import (
     iot_sync,
     res_users,

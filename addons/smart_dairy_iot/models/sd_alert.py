@@ -10,7 +10,7 @@ ALERT_STATUSES = [("open", "Open"), ("acknowledged", "Acknowledged"), ("resolved
 class SdAlert(models.Model):
     _name = "sd.alert"
     _description = "Herd or device alert"
-    _inherit = ["mail.thread", "mail.activity.mixin"]
+    _inherit = ["mail.thread", "mail.activity.mixin", "sd.farm.rules.mixin"]
     _order = "time desc, id desc"
     _rec_name = "message"
 

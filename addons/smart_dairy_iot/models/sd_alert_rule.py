@@ -37,6 +37,7 @@ CATEGORIES = [
 class SdAlertRule(models.Model):
     _name = "sd.alert.rule"
     _description = "Alert rule"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "builtin desc, category, code"
 
     code = fields.Char(required=True, help="Stable identifier, stored on every alert the rule raises.")
@@ -124,6 +125,7 @@ class SdAlertRule(models.Model):
 class SdAlertRuleCondition(models.Model):
     _name = "sd.alert.rule.condition"
     _description = "Condition of an alert rule"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "rule_id, sequence, id"
 
     rule_id = fields.Many2one("sd.alert.rule", required=True, ondelete="cascade", index=True)

@@ -16,6 +16,7 @@ ANIMAL_STATUSES = [
 class SdAnimal(models.Model):
     _name = "sd.animal"
     _description = "Animal"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "farm_id, ear_tag"
     _rec_names_search = ["ear_tag", "name", "rfid_epc"]
 

@@ -21,6 +21,7 @@ def new_key():
 class SdApiKey(models.Model):
     _name = "sd.api.key"
     _description = "Ingestor API key"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "create_date desc, id desc"
 
     name = fields.Char(required=True, help="What uses the key, e.g. 'Parlour gateway'.")

@@ -4,6 +4,7 @@ from odoo import fields, models
 class SdBarn(models.Model):
     _name = "sd.barn"
     _description = "Barn"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "farm_id, name"
 
     name = fields.Char(required=True)

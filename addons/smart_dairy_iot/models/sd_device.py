@@ -17,6 +17,7 @@ LIVE_STATUSES = [("online", "Online"), ("degraded", "Late"), ("offline", "Offlin
 class SdDevice(models.Model):
     _name = "sd.device"
     _description = "IoT device"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "farm_id, device_uid"
     _rec_name = "device_uid"
     _rec_names_search = ["device_uid", "name"]

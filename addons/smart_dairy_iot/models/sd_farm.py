@@ -6,6 +6,7 @@ from odoo.exceptions import UserError
 class SdFarm(models.Model):
     _name = "sd.farm"
     _description = "Dairy farm"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "name"
 
     name = fields.Char(required=True)

@@ -15,6 +15,7 @@ ZONE_TYPES = [
 class SdZone(models.Model):
     _name = "sd.zone"
     _description = "Zone of a barn or farm"
+    _inherit = ["sd.farm.rules.mixin"]
     _order = "farm_id, barn_id, name"
 
     name = fields.Char(required=True)

@@ -1,4 +1,4 @@
-from odoo.exceptions import AccessError
+from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import tagged
 
 from .common import SmartDairyCase
@@ -7,8 +7,9 @@ FARM_MODELS = ["sd.barn", "sd.zone", "sd.animal", "sd.device", "sd.alert", "sd.r
                "sd.report.reading.daily", "sd.report.milk.daily", "sd.report.device.status"]
 
 
-@tagged("post_install", "-at_install")
-class TestFarmRules(SmartDairyCase):
+class FarmDataCase(SmartDairyCase):
+    """Both farms pushed to iot, with readings, milk, device states and one open fever alert per cow."""
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -36,6 +37,9 @@ class TestFarmRules(SmartDairyCase):
                FROM iot.animals""")
         cls.sync._pull_alerts()
 
+
+@tagged("post_install", "-at_install")
+class TestFarmRules(FarmDataCase):
     def test_admin_sees_both_farms(self):
         for model in FARM_MODELS:
             farms = self.env[model].search([]).mapped("farm_id")
@@ -82,3 +86,57 @@ class TestFarmRules(SmartDairyCase):
         self.assertEqual(device.live_status, "online")
         self.assertEqual(device.battery_level, 80)
         self.assertIn(device, self.env["sd.device"].with_user(self.user_a).search([("live_status", "=", "online")]))
+
+
+@tagged("post_install", "-at_install")
+class TestRulesHoldAfterWrites(SmartDairyCase):
+    """Record rules are checked on what a write leaves: nothing moves to a farm the user does not have."""
+
+    def assert_refused(self, record, vals, exception=AccessError):
+        """`record.write(vals)` is refused and changes nothing (its savepoint is rolled back, like the
+        request's transaction would be)."""
+        before = record.sudo().read(list(vals))[0]
+        with self.assertRaises(exception), self.env.cr.savepoint():
+            record.write(vals)
+        self.assertEqual(record.sudo().read(list(vals))[0], before)
+
+    def test_manager_cannot_move_records_to_another_farm(self):
+        manager = self.manager_a
+        farm_b = self.farm_b
+        animal = self.farm_a.animal_ids[0].with_user(manager)
+        self.assert_refused(animal, {"farm_id": farm_b.id})
+        sensor = self.farm_a.device_ids.filtered("zone_id")[0].with_user(manager)
+        self.assert_refused(sensor, {"farm_id": farm_b.id, "zone_id": False})
+        collar = self.farm_a.device_ids.filtered("animal_id")[0].with_user(manager)
+        self.assert_refused(collar, {"farm_id": farm_b.id, "animal_id": False})
+        barn = self.farm_a.barn_ids[0].with_user(manager)
+        self.assert_refused(barn, {"farm_id": farm_b.id})
+        zone = self.farm_a.zone_ids[0].with_user(manager)
+        self.assert_refused(zone, {"barn_id": False, "farm_id": farm_b.id})
+        with self.assertRaises(AccessError) as caught, self.env.cr.savepoint():
+            animal.farm_id = farm_b
+        self.assertIn("not on one of your farms (Farm A)", str(caught.exception))
+
+    def test_manager_cannot_link_records_of_another_farm(self):
+        manager = self.manager_a
+        # A zone follows its barn's farm: a barn of farm B would move it there.
+        zone = self.farm_a.zone_ids[0].with_user(manager)
+        self.assert_refused(zone, {"barn_id": self.farm_b.barn_ids[0].id})
+        # The pen of an animal, the animal or zone of a device: of the record's own farm.
+        animal = self.farm_a.animal_ids[0].with_user(manager)
+        self.assert_refused(animal, {"zone_id": self.farm_b.zone_ids[0].id}, ValidationError)
+        collar = self.farm_a.device_ids.filtered("animal_id")[0].with_user(manager)
+        self.assert_refused(collar, {"animal_id": self.farm_b.animal_ids[0].id}, ValidationError)
+        sensor = self.farm_a.device_ids.filtered("zone_id")[0].with_user(manager)
+        self.assert_refused(sensor, {"zone_id": self.farm_b.zone_ids[0].id}, ValidationError)
+
+    def test_manager_moves_records_between_own_farms(self):
+        manager = self.manager_a
+        farm_c = self.env["sd.farm"].with_user(manager).create({"name": "Farm C", "code": "FC"})
+        animal = self.farm_a.animal_ids[0].with_user(manager)
+        animal.farm_id = farm_c  # a farm of theirs since they created it (the rules follow at once)
+        self.assertEqual(animal.sudo().farm_id, farm_c)
+        # An administrator moves anything anywhere.
+        other = self.farm_a.animal_ids[1]
+        other.with_user(self.env.ref("base.user_admin")).farm_id = self.farm_b
+        self.assertEqual(other.farm_id, self.farm_b)

@@ -22,6 +22,7 @@ SOURCES = {"hourly": "sensor_data_hourly", "daily": "sensor_data_daily"}
 class SdExportWizard(models.TransientModel):
     _name = "sd.export.wizard"
     _description = "Export readings"
+    _inherit = ["sd.farm.rules.mixin"]
 
     farm_id = fields.Many2one("sd.farm", required=True, default=lambda self: self.env.user.sd_farm_ids[:1])
     animal_ids = fields.Many2many("sd.animal", string="Animals", domain="[('farm_id', '=', farm_id)]",
