@@ -1,10 +1,18 @@
 from odoo import api, fields, models
+from odoo.exceptions import AccessError
 from odoo.tools import SQL
 
 from .iot import column_exists
 from .sd_alert_rule import CATEGORIES, SEVERITIES
 
 ALERT_STATUSES = [("open", "Open"), ("acknowledged", "Acknowledged"), ("resolved", "Resolved")]
+# What an alert is, where it comes from and where it stands: set by the pull from iot.alerts and by the
+# Acknowledge and Resolve actions, never written by a user (the assignee, chatter and activities are).
+PROTECTED_FIELDS = frozenset({
+    "alert_id", "time", "rule_code", "rule_id", "farm_id", "zone_id", "animal_id", "device_id", "severity",
+    "category", "source_type", "source_id", "message", "details", "status", "acknowledged_by_id",
+    "acknowledged_at", "resolved_at",
+})
 
 
 class SdAlert(models.Model):
@@ -51,16 +59,27 @@ class SdAlert(models.Model):
             alert.details_text = "\n".join(f"{key}: {value}" for key, value in sorted(details.items())) \
                 if isinstance(details, dict) else str(details)
 
+    def write(self, vals):
+        if not self.env.su and (protected := PROTECTED_FIELDS & vals.keys()):
+            raise AccessError(self.env._(
+                "%(fields)s of an alert come from the ingestor and cannot be changed: acknowledge or resolve the "
+                "alert with its buttons.",
+                fields=", ".join(sorted(self._fields[name]._description_string(self.env) for name in protected))))
+        return super().write(vals)
+
     def action_acknowledge(self):
+        self.check_access("write")  # alerts of the user's farms only
         todo = self.filtered(lambda a: a.status == "open")
-        todo.write({"status": "acknowledged", "acknowledged_by_id": self.env.uid,
-                    "acknowledged_at": fields.Datetime.now()})
+        # As superuser (the status is not writable by users); env.uid stays the user, who is tracked as author.
+        todo.sudo().write({"status": "acknowledged", "acknowledged_by_id": self.env.uid,
+                           "acknowledged_at": fields.Datetime.now()})
         todo._write_back_status("acknowledged")
         return True
 
     def action_resolve(self):
+        self.check_access("write")
         todo = self.filtered(lambda a: a.status != "resolved")
-        todo.write({"status": "resolved", "resolved_at": fields.Datetime.now()})
+        todo.sudo().write({"status": "resolved", "resolved_at": fields.Datetime.now()})
         todo._write_back_status("resolved")
         return True
 

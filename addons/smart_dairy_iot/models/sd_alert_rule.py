@@ -70,6 +70,20 @@ class SdAlertRule(models.Model):
             if rule.active and not rule.condition_ids:
                 raise ValidationError(self.env._("Rule %s needs at least one condition.", rule.code))
 
+    @api.constrains("farm_id", "zone_id", "animal_id")
+    def _check_scope_farm(self):
+        for rule in self:
+            if (rule.zone_id and rule.zone_id.farm_id != rule.farm_id) or (
+                    rule.animal_id and rule.animal_id.farm_id != rule.farm_id):
+                raise ValidationError(self.env._("Rule %s is limited to a zone or animal of another farm than its own.",
+                                                 rule.code))
+
+    def _sd_farm_access_message(self, operation, forbidden):
+        if any(not rule.farm_id for rule in forbidden.sudo()):
+            return self.env._("Rules for every farm (no farm set) apply to all farms: only administrators create, "
+                              "change, archive or delete them. You can manage the rules of your own farms.")
+        return super()._sd_farm_access_message(operation, forbidden)
+
     @api.ondelete(at_uninstall=False)
     def _unlink_except_builtin(self):
         if any(rule.builtin for rule in self):
@@ -101,13 +115,15 @@ class SdAlertRule(models.Model):
         def existing(model, record_id):
             return record_id if record_id and self.env[model].browse(record_id).exists() else False
 
+        zone, animal = existing("sd.zone", row["zone_id"]), existing("sd.animal", row["animal_id"])
+        # A rule limited to a zone or an animal watches that one's farm, and is a rule of that farm here.
+        farm = (self.env["sd.zone"].browse(zone).farm_id.id or self.env["sd.animal"].browse(animal).farm_id.id
+                or existing("sd.farm", row["farm_id"]))
         conditions = row["conditions"] if isinstance(row["conditions"], list) else json.loads(row["conditions"])
         valid = dict(SIGNALS), dict(OPERATORS), dict(CATEGORIES), dict(DEVICE_TYPES)
         return {
             "code": row["code"], "name": row["name"],
-            "farm_id": existing("sd.farm", row["farm_id"]),
-            "zone_id": existing("sd.zone", row["zone_id"]),
-            "animal_id": existing("sd.animal", row["animal_id"]),
+            "farm_id": farm, "zone_id": zone, "animal_id": animal,
             "device_type": row["device_type"] if row["device_type"] in valid[3] else False,
             "category": row["category"] if row["category"] in valid[2] else "other",
             "severity": row["severity"], "combine": row["combine"],
@@ -134,3 +150,8 @@ class SdAlertRuleCondition(models.Model):
     metric = fields.Char(help="Metric name, e.g. temperature_c or activity_index. Empty or * : any metric.")
     operator = fields.Selection(OPERATORS, required=True, default=">")
     value = fields.Float(required=True, digits=(16, 4))
+
+    def _sd_farm_access_message(self, operation, forbidden):
+        if any(not condition.rule_id.farm_id for condition in forbidden.sudo()):
+            return self.env["sd.alert.rule"]._sd_farm_access_message(operation, forbidden.sudo().rule_id)
+        return super()._sd_farm_access_message(operation, forbidden)

@@ -1,5 +1,7 @@
+from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import tagged
+from odoo.tools import SQL
 
 from .common import SmartDairyCase
 
@@ -140,3 +142,132 @@ class TestRulesHoldAfterWrites(SmartDairyCase):
         other = self.farm_a.animal_ids[1]
         other.with_user(self.env.ref("base.user_admin")).farm_id = self.farm_b
         self.assertEqual(other.farm_id, self.farm_b)
+
+
+@tagged("post_install", "-at_install")
+class TestAlertIdentity(FarmDataCase):
+    """What an alert is and where it stands comes from the ingestor; users act on it through its buttons."""
+
+    def alert_of(self, farm):
+        return self.env["sd.alert"].search([("farm_id", "=", farm.id)], limit=1)
+
+    def iot_status(self, alert):
+        return self.iot_one("SELECT status FROM iot.alerts WHERE alert_id = %s", alert.alert_id)[0]
+
+    def test_user_cannot_rewrite_an_alert(self):
+        alert = self.alert_of(self.farm_a)
+        other = self.alert_of(self.farm_b)
+        mine = alert.with_user(self.user_a)
+        for vals in ({"farm_id": self.farm_b.id}, {"alert_id": other.alert_id}, {"status": "resolved"},
+                     {"severity": "info"}, {"resolved_at": fields.Datetime.now()}):
+            with self.subTest(vals=vals), self.assertRaises(AccessError) as caught, self.env.cr.savepoint():
+                mine.write(vals)
+        self.assertIn("cannot be changed: acknowledge or resolve the alert", str(caught.exception))
+        for user in (self.user_a, self.manager_a):
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                alert.with_user(user).write({"status": "acknowledged", "user_id": user.id})
+        alert.invalidate_recordset()
+        self.assertEqual((alert.farm_id, alert.status, alert.user_id), (self.farm_a, "open", self.env["res.users"]))
+        self.assertEqual((self.iot_status(alert), self.iot_status(other)), ("open", "open"))
+        # What a user may change: the assignee (and the chatter, activities).
+        mine.user_id = self.user_a
+        self.assertEqual(alert.user_id, self.user_a)
+
+    def test_user_cannot_resolve_an_alert_of_another_farm(self):
+        # Farm B's alert that the pull has not brought yet: its id is all a user of farm A needs to know.
+        self.env.cr.execute(SQL(
+            """INSERT INTO iot.alerts (time, alert_id, rule_code, farm_id, severity, category, source_type,
+                                       source_id, message)
+               VALUES (now(), 'sec:b-not-pulled', 'fever', %s, 'critical', 'health', 'farm', %s, 'fever')""",
+            self.farm_b.id, str(self.farm_b.id)))
+        mine = self.alert_of(self.farm_a).with_user(self.user_a)
+        with self.assertRaises(AccessError), self.env.cr.savepoint():
+            mine.write({"alert_id": "sec:b-not-pulled"})
+            mine.action_resolve()
+        self.assertEqual(self.iot_one("SELECT status FROM iot.alerts WHERE alert_id = 'sec:b-not-pulled'"), ("open",))
+        # Nor by its Odoo id.
+        other = self.alert_of(self.farm_b)
+        for method in ("action_resolve", "action_acknowledge"):
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                getattr(self.env["sd.alert"].with_user(self.user_a).browse(other.id), method)()
+        other.invalidate_recordset()
+        self.assertEqual((other.status, self.iot_status(other)), ("open", "open"))
+        # The buttons work on the user's own alerts, and say so to the ingestor.
+        alert = self.alert_of(self.farm_a)
+        alert.with_user(self.user_a).action_resolve()
+        self.assertEqual((alert.status, self.iot_status(alert)), ("resolved", "resolved"))
+
+    def test_alerts_are_not_created_by_users(self):
+        cow = self.farm_a.animal_ids[0]
+        for user in (self.user_a, self.manager_a, self.env.ref("base.user_admin")):
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                self.env["sd.alert"].with_user(user).create({
+                    "alert_id": f"forged:{user.login}", "time": fields.Datetime.now(), "farm_id": self.farm_a.id,
+                    "animal_id": cow.id, "severity": "critical", "message": "forged"})
+        self.assertFalse(self.env["sd.alert"].search([("alert_id", "like", "forged:")]))
+
+
+@tagged("post_install", "-at_install")
+class TestGlobalAlertRules(SmartDairyCase):
+    """Rules without a farm watch every farm: administrators manage them, managers the rules of their farms."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.fever = cls.env["sd.alert.rule"].search([("code", "=", "fever")])
+        cls.admin = cls.env.ref("base.user_admin")
+
+    def rule_vals(self, code, farm):
+        return {"code": code, "name": code, "farm_id": farm.id if farm else False, "category": "health",
+                "condition_ids": [fields.Command.create({"signal": "value", "metric": "temperature_c",
+                                                         "operator": ">", "value": 39.5})]}
+
+    def test_manager_cannot_change_a_rule_of_every_farm(self):
+        self.assertFalse(self.fever.farm_id, "the built-in fever rule watches every farm")
+        rule = self.fever.with_user(self.manager_a)
+        self.assertEqual(rule.name, "Fever", "managers see it")
+        for change in (lambda: rule.write({"severity": "info"}), rule.action_archive,
+                       lambda: rule.condition_ids[0].write({"value": 45.0}),
+                       lambda: rule.write({"farm_id": self.farm_a.id}), rule.unlink):
+            with self.assertRaises(AccessError) as caught, self.env.cr.savepoint():
+                change()
+        self.assertIn("only administrators", str(caught.exception))
+        self.fever.invalidate_recordset()
+        self.assertEqual((self.fever.active, self.fever.severity, self.fever.farm_id.id),
+                         (True, "critical", False))
+        with self.assertRaises(AccessError), self.env.cr.savepoint():
+            self.env["sd.alert.rule"].with_user(self.manager_a).create(self.rule_vals("every_farm", None))
+
+    def test_manager_manages_rules_of_own_farms_only(self):
+        rules = self.env["sd.alert.rule"].with_user(self.manager_a)
+        own = rules.create(self.rule_vals("fever_a", self.farm_a))
+        own.write({"severity": "critical"})
+        own.condition_ids.value = 39.8
+        own.action_archive()
+        self.assertFalse(own.active)
+        # Making it a rule of every farm, or of another farm, is refused like editing one.
+        for vals in ({"farm_id": False}, {"farm_id": self.farm_b.id}):
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                own.write(vals)
+        with self.assertRaises(AccessError), self.env.cr.savepoint():
+            rules.create(self.rule_vals("fever_b", self.farm_b))
+        with self.assertRaises(AccessError), self.env.cr.savepoint():
+            own.condition_ids.rule_id = self.fever
+
+    def test_admin_changes_a_rule_of_every_farm(self):
+        rule = self.fever.with_user(self.admin)
+        rule.write({"severity": "warning"})
+        rule.condition_ids[0].value = 39.9
+        rule.action_archive()
+        self.assertEqual((self.fever.active, self.fever.severity), (False, "warning"))
+        created = self.env["sd.alert.rule"].with_user(self.admin).create(self.rule_vals("every_farm", None))
+        self.assertFalse(created.farm_id)
+
+    def test_rule_scope_is_of_its_farm(self):
+        vals = self.rule_vals("pen_b", self.farm_a)
+        with self.assertRaises(ValidationError), self.env.cr.savepoint():
+            self.env["sd.alert.rule"].create({**vals, "zone_id": self.farm_b.zone_ids[0].id})
+        with self.assertRaises(ValidationError), self.env.cr.savepoint():
+            self.env["sd.alert.rule"].create({**vals, "farm_id": False, "animal_id": self.farm_b.animal_ids[0].id})
+        rule = self.env["sd.alert.rule"].create({**vals, "zone_id": self.farm_a.zone_ids[0].id})
+        self.assertEqual(rule.zone_id.farm_id, rule.farm_id)
