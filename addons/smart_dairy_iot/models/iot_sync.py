@@ -10,7 +10,7 @@ from datetime import timedelta
 from odoo import api, fields, models
 from odoo.tools import SQL
 
-from .iot import ALERT_RULES, ANIMALS, API_KEYS, DEVICES, FARMS, PULL_LOCK, PUSH_LOCK, ZONES, pg_array, try_lock
+from .iot import ALERT_RULES, ANIMALS, API_KEYS, DEVICES, FARMS, PULL_LOCK, PUSH_LOCK, ZONES, try_lock
 
 _logger = logging.getLogger(__name__)
 
@@ -141,11 +141,9 @@ class SdIotSync(models.AbstractModel):
                  r.suppression_s, r.max_per_hour, r.auto_resolve, r.builtin, r.active) for r in rules]
 
     def _api_key_rows(self, since):
-        keys = self._changed("sd.api.key", since, ["key_prefix", "name", "key_hash", "farm_ids", "scope",
-                                                   "revoked_at"])
-        scopes = self.env["sd.api.key"]._scopes
-        return [(k.key_prefix, k.name, k.key_hash, pg_array(sorted(k.farm_ids.ids)), pg_array(scopes(k.scope)),
-                 fields.Datetime.to_string(k.revoked_at) if k.revoked_at else None) for k in keys]
+        # Changes made in Odoo reach iot at once (sd.api.key._write_to_iot); the push catches up on the rest.
+        return self._changed("sd.api.key", since, ["key_prefix", "name", "key_hash", "farm_ids", "scope",
+                                                   "revoked_at"])._iot_rows()
 
     # ----- alert pull -----
 

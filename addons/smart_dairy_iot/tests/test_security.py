@@ -1,3 +1,6 @@
+import hashlib
+from datetime import UTC
+
 from odoo import fields
 from odoo.exceptions import AccessError, ValidationError
 from odoo.tests import tagged
@@ -271,3 +274,68 @@ class TestGlobalAlertRules(SmartDairyCase):
             self.env["sd.alert.rule"].create({**vals, "farm_id": False, "animal_id": self.farm_b.animal_ids[0].id})
         rule = self.env["sd.alert.rule"].create({**vals, "zone_id": self.farm_a.zone_ids[0].id})
         self.assertEqual(rule.zone_id.farm_id, rule.farm_id)
+
+
+@tagged("post_install", "-at_install")
+class TestApiKeysOfManagers(SmartDairyCase):
+    """An IoT manager issues and revokes keys of their farms; iot.api_keys follows in the same transaction."""
+
+    def generate(self, farms, user=None, name="Gateway"):
+        wizard = self.env["sd.api.key.wizard"].with_user(user or self.manager_a).create(
+            {"name": name, "farm_ids": [fields.Command.set(farms.ids)]})
+        key = wizard.action_generate()["params"]["message"].rsplit(" ", 1)[-1]
+        return self.env["sd.api.key"].search([("key_prefix", "=", key.split("_", 2)[1])]), key
+
+    def iot_key(self, prefix):
+        return self.iot_one("SELECT name, key_hash, farm_ids, scopes, revoked_at FROM iot.api_keys "
+                            "WHERE key_prefix = %s", prefix)
+
+    def test_manager_creates_a_key_of_own_farm_at_once_in_iot(self):
+        record, key = self.generate(self.farm_a)
+        self.assertEqual(record.farm_ids, self.farm_a)
+        self.assertEqual(record.create_uid, self.manager_a)
+        # No push: the row is there in this transaction.
+        self.assertEqual(self.iot_key(record.key_prefix),
+                         ("Gateway", hashlib.sha256(key.encode()).hexdigest(), self.farm_a.ids, ["read", "write"],
+                          None))
+
+    def test_manager_cannot_create_a_key_of_another_farm(self):
+        for farms in (self.farm_b, self.farm_a | self.farm_b):
+            with self.assertRaises(AccessError) as caught, self.env.cr.savepoint():
+                self.env["sd.api.key"].with_user(self.manager_a)._generate("Stolen", farms)
+            self.assertIn("not on one of your farms (Farm A)", str(caught.exception))
+            # The form offers their farms only, and refuses another one as well.
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                self.generate(farms, name="Stolen")
+        self.assertFalse(self.env["sd.api.key"].search([("name", "=", "Stolen")]))
+        self.assertEqual(self.iot_one("SELECT count(*) FROM iot.api_keys WHERE name = 'Stolen'"), (0,))
+        with self.assertRaises(AccessError):
+            self.generate(self.farm_a, user=self.user_a)
+
+    def test_revoke_reaches_iot_at_once(self):
+        record, _key = self.env["sd.api.key"]._generate("Gateway", self.farm_a)
+        self.sync._push_registry()
+        self.assertIsNone(self.iot_key(record.key_prefix)[4])
+        mine = record.with_user(self.manager_a)
+        mine.action_revoke()
+        self.assertTrue(record.revoked_at)
+        revoked_at = self.iot_key(record.key_prefix)[4]
+        self.assertIsNotNone(revoked_at, "revoked in iot without waiting for the push")
+        self.assertEqual(revoked_at.astimezone(UTC).replace(tzinfo=None), record.revoked_at)
+
+    def test_changes_reach_iot_at_once_within_own_farms(self):
+        record, _key = self.generate(self.farm_a)
+        mine = record.with_user(self.manager_a)
+        mine.write({"name": "Parlour", "scope": "read"})
+        self.assertEqual(self.iot_key(record.key_prefix)[0::3], ("Parlour", ["read"]))
+        for vals in ({"farm_ids": [fields.Command.link(self.farm_b.id)]}, {"revoked_at": False},
+                     {"key_prefix": "deadbeef"}):
+            with self.assertRaises(AccessError), self.env.cr.savepoint():
+                mine.write(vals)
+        self.assertEqual(self.iot_key(record.key_prefix)[2], self.farm_a.ids)
+        # A key of another farm is neither seen nor revoked.
+        other, _key = self.generate(self.farm_b, user=self.env.ref("base.user_admin"))
+        self.assertFalse(self.env["sd.api.key"].with_user(self.manager_a).search([("id", "=", other.id)]))
+        with self.assertRaises(AccessError), self.env.cr.savepoint():
+            other.with_user(self.manager_a).action_revoke()
+        self.assertIsNone(self.iot_key(other.key_prefix)[4])
