@@ -10,20 +10,24 @@ a restart yields the same ids, which the alerts table's unique key stores once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import operator
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .analytics import SIGNALS, Signals
 from .registry import Registry
+from .storage import RETRYABLE_ERRORS
 from .tables import MILK_PRODUCTION, SENSOR_DATA
 from .topics import ALERT_TOPIC
 
@@ -200,15 +204,19 @@ class Resolved:
     resolved_at: float
 
 
-@dataclass
+@dataclass(slots=True)
 class _Episode:
     since: float | None = None  # when the conditions started to hold, while they do
     alert_id: str | None = None  # the open alert, if one was raised
+    began: float | None = None  # when the open alert's episode began, exactly: with alert_id, its row's key
     ended: float | None = None  # when the last alert of this source resolved
 
 
 def alert_id(rule_code: str, source: str, since: float) -> str:
-    return f"{rule_code}:{source}:{int(since)}"
+    """`rule:source:start`, the start in whole epoch seconds, or to the microsecond when it has a
+    fraction (two episodes within one second are two alerts)."""
+    start = int(since)
+    return f"{rule_code}:{source}:{start if start == since else format(since, '.6f')}"
 
 
 def source_of(rule_code: str, alert: str) -> str:
@@ -225,24 +233,32 @@ class Engine:
     suppressed: int = 0  # alerts not raised because of a cap
 
     def evaluate(self, rule: Rule, source: str, t: float, signals: SignalMap, *, metric: str | None = None,
-                 cap: object = None) -> list[Raised | Resolved]:
+                 cap: object = None, began: float | None = None) -> list[Raised | Resolved]:
         """Judge `rule` for `source` at `t`; `cap` names the group sharing the rule's hourly cap
-        (default: the rule)."""
+        (default: the rule); `began`, when the conditions started to hold if that is known to be
+        before `t` (a silence began when the device missed its intervals, not when it is noticed).
+        A judgement older than the episode going (or the end of the last) changes nothing."""
         key = (rule.code, source)
         episode = self.episodes.get(key)
         if not rule.holds(signals, metric):
             if episode is None:
                 return []  # the common case: nothing holds, nothing open, nothing to remember
+            if episode.since is not None and t < episode.since:
+                return []
             episode.since = None
             if episode.alert_id is not None and rule.auto_resolve:
-                resolved = Resolved(episode.alert_id, rule, source, _since_of(episode.alert_id), t)
-                episode.alert_id, episode.ended = None, t
+                start = episode.began if episode.began is not None else _since_of(episode.alert_id)
+                resolved = Resolved(episode.alert_id, rule, source, start, t)
+                episode.alert_id, episode.began, episode.ended = None, None, t
                 return [resolved]
             return []
         if episode is None:
             episode = self.episodes[key] = _Episode()
+        elif t < (episode.since if episode.since is not None
+                  else episode.ended if episode.ended is not None else -math.inf):
+            return []
         if episode.since is None:
-            episode.since = t
+            episode.since = t if began is None or began > t else began
         if (episode.alert_id is not None or t - episode.since < rule.duration_s
                 or (episode.ended is not None and t - episode.ended < rule.suppression_s)):
             return []
@@ -253,20 +269,20 @@ class Engine:
             self.suppressed += 1
             return []
         recent.append(t)
-        episode.alert_id = alert_id(rule.code, source, episode.since)
+        episode.alert_id, episode.began = alert_id(rule.code, source, episode.since), episode.since
         return [Raised(episode.alert_id, rule, source, episode.since, t)]
 
     def resolved_elsewhere(self, rule_code: str, source: str, t: float) -> None:
         """An alert resolved by a person (in Odoo): no new one for this source within the suppression,
         and a later one is a new episode (with a new id)."""
         episode = self.episodes.setdefault((rule_code, source), _Episode())
-        episode.alert_id, episode.ended, episode.since = None, t, None
+        episode.alert_id, episode.began, episode.ended, episode.since = None, None, t, None
 
     def restore(self, rule_code: str, source: str, since: float, open_id: str | None, ended: float | None) -> None:
         """Take up an episode stored before a restart: an open alert, or the end of a resolved one."""
         episode = self.episodes.setdefault((rule_code, source), _Episode())
         if open_id is not None:
-            episode.since, episode.alert_id = since, open_id
+            episode.since, episode.alert_id, episode.began = since, open_id, since
         elif ended is not None and (episode.ended is None or ended > episode.ended):
             episode.ended = ended
 
@@ -298,9 +314,21 @@ _M = {c: MILK_PRODUCTION.index(c) for c in ("time", "milk_meter_id", "animal_id"
 MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_ms", "somatic_cell_count",
                                                      "blood_detected", "mastitis_risk_score", "flow_rate_kg_min")}
 _time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
+_DEVICE_SIGNALS = (("battery", None), ("signal_strength", None), ("missed_intervals", None))
+DEFAULT_INTERVAL_S = 300
 
 
-@dataclass(frozen=True)
+def source_key(farm: int, animal: int | None, zone: int | None, uid: str) -> str:
+    """The source a reading tells about, within its farm: its cow, else its barn zone, else its device.
+    Ids are only unique within a farm (another farm may send an id it has not registered)."""
+    if animal is not None:
+        return f"animal:{farm}:{animal}"
+    if zone is not None:
+        return f"zone:{farm}:{zone}"
+    return f"device:{farm}:{uid}"
+
+
+@dataclass(frozen=True, slots=True)
 class _Subject:
     """Who a source is, for the alert row and its message."""
 
@@ -311,6 +339,24 @@ class _Subject:
     zone_id: int | None
     device_uid: str
     device_type: str | None
+
+
+class _Device:
+    """What is known of a device that reports: where its readings go, when it last reported (data
+    time), its battery and signal, and whether one of its device rules has an episode going."""
+
+    __slots__ = ("active", "animal", "battery", "device_source", "device_type", "farm", "interval", "last", "signal",
+                 "source", "uid", "zone")
+
+    def __init__(self, uid: str, farm: int, device_type: str | None, interval: float) -> None:
+        self.uid, self.farm, self.device_type, self.interval = uid, farm, device_type, interval
+        self.animal: int | None = None
+        self.zone: int | None = None
+        self.source = self.device_source = f"device:{farm}:{uid}"
+        self.last = -math.inf  # the newest reading's time
+        self.battery: int | None = None
+        self.signal: int | None = None
+        self.active = False
 
 
 @dataclass
@@ -325,25 +371,76 @@ class Decisions:
         return bool(self.raised or self.resolved)
 
 
+def _onset(rule: Rule) -> float | None:
+    """How many missed intervals a silence rule needs before it can hold (its episode begins when a
+    device has been silent that long, however late that is noticed); None if it is not that simple."""
+    bounds = [c.threshold for c in rule.conditions if c.signal == "missed_intervals" and c.op in (">", ">=")]
+    if not bounds or (rule.combine == "or" and len(bounds) < len(rule.conditions)):
+        return None
+    return max(bounds) if rule.combine == "and" else min(bounds)
+
+
+class _Generations:
+    """A bounded set of recently seen keys: two generations, the older dropped whole when the newer
+    fills (a key seen in the older one moves up), so memory stays under `size` keys at O(1) a key."""
+
+    def __init__(self, size: int) -> None:
+        self.half = max(1, size // 2)
+        self.new: set[object] = set()
+        self.old: set[object] = set()
+
+    def add(self, key: object) -> bool:
+        """Remember `key`; False if it was remembered already."""
+        if key in self.new:
+            return False
+        seen = key in self.old
+        if len(self.new) >= self.half:
+            self.old, self.new = self.new, set()
+        self.new.add(key)
+        return not seen
+
+    def discard(self, key: object) -> None:
+        self.new.discard(key)
+        self.old.discard(key)
+
+
 class Alerting:
     """Rules judged on every validated batch as it flows, with each source's signals in memory.
 
-    Readings are folded into signals in arrival order; only rules that name a reading's metric (or
-    every metric) are judged on it, and a device's battery and signal rules only when either changed.
+    Readings are folded into signals in data-time order per series: a reading not newer than the
+    newest one of its series already judged is late (stored, not judged: it neither ends nor extends
+    an episode, nor becomes the current value). Only rules that name a reading's metric (or every
+    metric) are judged on it, and a device's battery and signal rules only when either changed or
+    while one has an episode going; a device's silence is judged at data time too, when it reports
+    again after missing its intervals, and by `check_devices` while it stays silent.
+
+    State is bounded: series and devices per farm and in all (`max_series`, `max_series_per_farm`),
+    and what is idle for `idle_half_lives` baseline half-lives of its farm's clock is forgotten.
     """
 
-    def __init__(self, rules: Iterable[Rule] = ()) -> None:
-        self.signals = Signals()
+    def __init__(self, rules: Iterable[Rule] = (), *, max_series: int = 200_000, max_series_per_farm: int = 50_000,
+                 idle_half_lives: float = 3.0, evict_interval_s: float = 60.0) -> None:
+        self.signals = Signals(max_series=max_series, max_series_per_farm=max_series_per_farm)
         self.engine = Engine()
         self.rules: tuple[Rule, ...] = ()
         self._subjects: dict[str, _Subject] = {}
-        self._device_state: dict[str, tuple[int | None, int | None]] = {}  # uid -> (battery, signal)
-        self._names: dict[str, dict[object, str]] = {"animal": {}, "zone": {}, "device": {}}
+        self._devices: dict[object, _Device] = {}  # device uid (or (farm, uid) for a uid two farms send)
+        self._devices_per_farm: dict[int, int] = {}
         self._any_sources: set[str] = set()  # sources with an episode of an every-metric rule going
-        self.last_seen: dict[str, tuple[float, int]] = {}  # device uid -> (newest reading time, farm)
         self.clock: dict[int, float] = {}  # farm -> newest reading time: "now" in the farm's data
         self._received: dict[int, float] = {}  # farm -> wall time its clock last moved
+        self.idle_s = idle_half_lives * self.signals.baselines.half_life_s
+        self.evict_interval_s = evict_interval_s
+        self._evicted_at = time.monotonic()
+        # Devices and cows whose baselines were looked up in the aggregates (bounded), and lookups under way.
+        self.restored = _Generations(max_series)
+        self.restoring: dict[object, asyncio.Future[None]] = {}
         self.set_rules(rules)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Alerting:
+        return cls(max_series=settings.alert_max_series, max_series_per_farm=settings.alert_max_series_per_farm,
+                   idle_half_lives=settings.alert_idle_half_lives, evict_interval_s=settings.alert_evict_interval)
 
     def set_rules(self, rules: Iterable[Rule]) -> None:
         self.rules = tuple(rules)
@@ -357,6 +454,9 @@ class Alerting:
         self._device_rules = tuple(r for r in self.rules if r.on_device and not any(
             c.signal == "missed_intervals" for c in r.conditions))
         self._silence_rules = tuple(r for r in self.rules if any(c.signal == "missed_intervals" for c in r.conditions))
+        self._onsets = {r.code: _onset(r) for r in self._silence_rules}
+        # A gap between two readings of a device longer than this many intervals may be a silence.
+        self._silence_gap = min((o or 0.0 for o in self._onsets.values()), default=math.inf)
         self.signals.wanted = frozenset(c.signal for r in self.rules for c in r.conditions)
         self.longest_suppression_s = max((r.suppression_s for r in self.rules), default=3600.0)
 
@@ -367,8 +467,36 @@ class Alerting:
         subject = self._subjects.get(source)
         if subject is None:
             kind, _, ident = source.partition(":")
-            subject = self._subjects[source] = _Subject(farm, kind, ident, animal, zone, uid, device_type)
+            subject = self._subjects[source] = _Subject(farm, kind, ident.partition(":")[2], animal, zone, uid,
+                                                        device_type)
         return subject
+
+    def _device(self, uid: str, farm: int, animal: int | None, zone: int | None, device_type: str | None,
+                registry: Registry) -> _Device | None:
+        """The device a reading comes from, made on its first reading (None beyond the caps), and
+        where its readings go now (a collar moved to another cow takes its readings along)."""
+        devices = self._devices
+        device = devices.get(uid)
+        if device is None or device.farm != farm:
+            other = devices.get((farm, uid))
+            if other is not None:
+                device = other
+            else:
+                n = self._devices_per_farm.get(farm, 0)
+                if n >= self.signals.max_series_per_farm or len(devices) >= self.signals.max_series:
+                    self.signals.untracked += 1
+                    return None
+                self._devices_per_farm[farm] = n + 1
+                known = registry.devices.get(uid)
+                interval = known.expected_interval_s if known is not None and known.farm_id == farm else None
+                new = _Device(uid, farm, device_type, interval or DEFAULT_INTERVAL_S)
+                devices[uid if device is None else (farm, uid)] = device = new
+                device.animal = device.zone = -1  # set below
+        if device.animal != animal or device.zone != zone:
+            device.animal, device.zone = animal, zone
+            device.source = source_key(farm, animal, zone, uid)  # its subject is made when a rule is judged
+            self._subjects[device.device_source] = _Subject(farm, "device", uid, animal, zone, uid, device_type)
+        return device
 
     # --- judging --------------------------------------------------------------------------------
 
@@ -381,132 +509,147 @@ class Alerting:
         if not self.rules:
             return out
         by_metric, any_metric, fold = self._by_metric, self._any_metric, self.signals.fold
-        episodes, any_open = self.engine.episodes, self._any_sources
-        animals, zones, devices = self._names["animal"], self._names["zone"], self._names["device"]
-        ui, ki, mi, vi, ai, zi = (_S[c] for c in ("device_uid", "device_type", "metric_name", "metric_value",
-                                                   "animal_id", "zone_id"))
+        episodes, any_open, devices = self.engine.episodes, self._any_sources, self._devices
+        wall = time.time()
+        ui, ki, fi, mi, vi, ai, zi = (_S[c] for c in ("device_uid", "device_type", "farm_id", "metric_name",
+                                                       "metric_value", "animal_id", "zone_id"))
         for row, t in zip(rows, map(datetime.timestamp, map(_time_of, rows)), strict=True):
-            animal, zone, uid = row[ai], row[zi], row[ui]
-            source = (animals.get(animal) if animal is not None else zones.get(zone) if zone is not None
-                      else devices.get(uid))
-            if source is None:
-                source = self._new_source(animal, zone, uid, row)
+            uid, farm, animal, zone = row[ui], row[fi], row[ai], row[zi]
+            device = devices.get(uid)
+            if device is None or device.farm != farm or device.animal != animal or device.zone != zone:
+                device = self._device(uid, farm, animal, zone, row[ki], registry)
+                if device is None:
+                    continue  # beyond the caps: stored, not judged
+            if t > device.last:
+                self._reported(device, t, row, wall, out, registry)
             metric = row[mi]
             if metric in DEVICE_METRICS:
                 continue
-            signals = fold(source, t, metric, row[vi])
+            source = device.source
+            signals = fold(source, farm, t, metric, row[vi])
+            if signals is None:
+                continue  # late, or a new series beyond the caps
             for rule in by_metric.get(metric, ()):
                 if rule.holds(signals) or (rule.code, source) in episodes:
-                    self._judge(rule, source, t, signals, None, out, row[ki], registry)
+                    self._judge(rule, source, t, signals, None, out, row[ki], registry, device=device)
             for rule in any_metric:
                 if rule.holds(signals, metric) or source in any_open:
                     self._judge(rule, f"{source}:{metric}", t, signals, metric, out, row[ki], registry,
-                                subject_of=source)
-        self._note_devices(rows, out, registry)
+                                subject_of=source, device=device)
         return out
 
-    def _new_source(self, animal: int | None, zone: int | None, uid: str, row: tuple) -> str:
-        """Name the source a reading tells about (its cow, else its zone, else its device) once."""
-        kind, ident = ("animal", animal) if animal is not None else ("zone", zone) if zone is not None else (
-            "device", uid)
-        source = self._names[kind][ident] = f"{kind}:{ident}"
-        self._subject(source, row[_S["farm_id"]], animal, zone, uid, row[_S["device_type"]])
-        return source
+    def _reported(self, device: _Device, t: float, row: tuple, wall: float, out: Decisions,
+                  registry: Registry) -> None:
+        """A device's first reading at `t`, newer than any before: the farm's clock, the end of a
+        silence, and its battery and signal, judged when either changed or an episode is going."""
+        farm = device.farm
+        if t > self.clock.get(farm, -math.inf):
+            self.clock[farm] = t
+            self._received[farm] = wall
+        if t - device.last >= self._silence_gap * device.interval and device.last > -math.inf:
+            self._judge_silence(device, t, out, registry)  # as it stood just before this reading
+            device.last = t
+            self._judge_silence(device, t, out, registry)
+        else:
+            device.last = t
+        battery, signal = row[_S["battery_level"]], row[_S["signal_strength"]]
+        changed = (battery is not None or signal is not None) and (battery != device.battery
+                                                                   or signal != device.signal)
+        if changed:
+            device.battery, device.signal = battery, signal
+        if (changed or device.active) and self._device_rules:
+            self._judge_device(device, t, out, registry)
 
     def observe_milk(self, rows: Sequence[tuple], registry: Registry) -> Decisions:
-        """Fold milking sessions (yield, conductivity, SCC, blood ...) per cow and judge their rules."""
+        """Fold milking sessions (yield, conductivity, SCC, blood ...) per cow and judge their rules;
+        a session not newer than the cow's newest one judged is late: stored, not judged."""
         out = Decisions()
         if not self.rules:
             return out
         ti, mi, ai, fi = _M.values()
         for row in rows:
             animal, meter, farm = row[ai], row[mi], row[fi]
-            source = f"animal:{animal}" if animal is not None else f"device:{meter}"
-            self._subject(source, farm, animal, None, meter, "milk_meter")
+            source = f"animal:{farm}:{animal}" if animal is not None else f"device:{farm}:{meter}"
             t = row[ti].timestamp()
             touched: dict[str, Rule] = {}
-            signals: SignalMap = {}
+            signals: SignalMap | None = None
             for metric, index in MILK_METRICS.items():
                 value = row[index]
                 if value is None:
                     continue
-                signals = self.signals.fold(source, t, metric, float(value))
-                touched.update((r.code, r) for r in self._by_metric.get(metric, ()))
+                folded = self.signals.fold(source, farm, t, metric, float(value))
+                if folded is not None:
+                    signals = folded
+                    touched.update((r.code, r) for r in self._by_metric.get(metric, ()))
+            if signals is None:
+                continue
+            self._subject(source, farm, animal, None, meter, "milk_meter")
             for rule in touched.values():
                 self._judge(rule, source, t, signals, None, out, "milk_meter", registry)
         return out
 
     def check_devices(self, now: float | None, registry: Registry) -> Decisions:
-        """Judge every device seen so far at its farm's clock: silence (missed intervals), and the
-        battery and signal rules that need time to pass (a duration). The farm's clock is its newest
-        reading, moved on by the wall clock (`now`) since that reading arrived, so that a farm gone
-        silent as a whole still has its devices found offline."""
+        """Judge the devices that may be silent (or have a device rule's episode going) at their
+        farm's clock: silence (missed intervals), and the battery and signal rules that need time to
+        pass (a duration). The farm's clock is its newest reading, moved on by the wall clock (`now`)
+        since that reading arrived, so that a farm gone silent as a whole still has its devices found
+        offline. A silence's episode begins when the device had missed the rule's intervals."""
         out = Decisions()
-        for uid, (seen, farm) in self.last_seen.items():
-            clock = self.clock.get(farm, seen)
-            if now is not None:
-                clock += max(0.0, now - self._received.get(farm, now))
-            device = registry.devices.get(uid)
-            interval = device.expected_interval_s if device is not None else 300
-            source = f"device:{uid}"
-            signals = self.signals.set(source, "missed_intervals", (clock - seen) / interval)
-            subject = self._subject(source, farm, device and device.animal_id, device and device.zone_id, uid,
-                                    device and device.device_type)
-            for rule in self._silence_rules + self._device_rules:
-                if rule.applies(farm, subject.zone_id, subject.animal_id, subject.device_type):
-                    self._decide(self.engine.evaluate(rule, source, clock, signals, cap=(rule.code, farm)),
-                                 signals, None, out, registry)
+        if not (self._silence_rules or self._device_rules):
+            return out
+        clocks = self._clocks(now)
+        for device in list(self._devices.values()):
+            known = registry.devices.get(device.uid)
+            if known is not None and known.farm_id == device.farm:
+                device.interval = known.expected_interval_s or DEFAULT_INTERVAL_S
+            clock = clocks.get(device.farm, device.last)
+            if clock - device.last >= self._silence_gap * device.interval or device.active:
+                self._judge_silence(device, clock, out, registry)
+                if self._device_rules:
+                    self._judge_device(device, clock, out, registry)
         return out
 
-    def prune(self) -> None:
-        """Forget what no longer matters: episodes over and out of their suppression."""
-        self.engine.prune(self.horizon, self.longest_suppression_s)
-        codes = {r.code for r in self._any_metric}
-        self._any_sources = {source.rsplit(":", 1)[0] for code, source in self.engine.episodes if code in codes}
+    def _clocks(self, now: float | None) -> dict[int, float]:
+        """Each farm's clock, moved on by the wall clock since it last moved (when `now` is given)."""
+        if now is None:
+            return dict(self.clock)
+        return {farm: t + max(0.0, now - self._received.get(farm, now)) for farm, t in self.clock.items()}
 
-    @property
-    def horizon(self) -> float:
-        """The newest data time seen from any farm: what "now" is for forgetting old episodes."""
-        return max(self.clock.values(), default=0.0)
+    def _judge_silence(self, device: _Device, clock: float, out: Decisions, registry: Registry) -> None:
+        source = device.device_source
+        signals = self.signals.set(source, "missed_intervals", (clock - device.last) / device.interval)
+        for rule in self._silence_rules:
+            onset = self._onsets[rule.code]
+            self._judge(rule, source, clock, signals, None, out, device.device_type, registry,
+                        began=None if onset is None else device.last + onset * device.interval)
+        self._note_active(device)
 
-    def _note_devices(self, rows: Sequence[tuple], out: Decisions, registry: Registry) -> None:
-        """Per device, its newest row of the batch: when it was last seen, the farm's clock, and its
-        battery and signal, judged by the device rules when either changed."""
-        newest = dict(zip(map(_uid_of, rows), rows, strict=True))  # rows of a device arrive in time order
-        seen, clock, wall, states = self.last_seen, self.clock, time.time(), self._device_state
-        ti, fi, ki, ai, zi, bi, si = (_S[c] for c in ("time", "farm_id", "device_type", "animal_id", "zone_id",
-                                                      "battery_level", "signal_strength"))
-        for uid, row in newest.items():
-            t, farm = row[ti].timestamp(), row[fi]
-            before = seen.get(uid)
-            if before is None or t > before[0]:
-                seen[uid] = (t, farm)
-            if t > clock.get(farm, 0.0):
-                clock[farm] = t
-                self._received[farm] = wall
-            state = (row[bi], row[si])
-            if state != (None, None) and states.get(uid) != state and self._device_rules:
-                states[uid] = state
-                self._judge_device(uid, farm, row[ki], row[ai], row[zi], t, *state, out, registry)
-
-    def _judge_device(self, uid: str, farm: int, device_type: str, animal: int | None, zone: int | None, t: float,
-                      battery: int | None, signal: int | None, out: Decisions, registry: Registry) -> None:
-        source = f"device:{uid}"
-        self._subject(source, farm, animal, zone, uid, device_type)
-        signals: SignalMap = {}
-        if battery is not None:
-            signals = self.signals.set(source, "battery", battery)
-        if signal is not None:
-            signals = self.signals.set(source, "signal_strength", signal)
+    def _judge_device(self, device: _Device, t: float, out: Decisions, registry: Registry) -> None:
+        source = device.device_source
+        signals: SignalMap = self.signals.current.get(source, {})
+        if device.battery is not None:
+            signals = self.signals.set(source, "battery", device.battery)
+        if device.signal is not None:
+            signals = self.signals.set(source, "signal_strength", device.signal)
         for rule in self._device_rules:
-            self._judge(rule, source, t, signals, None, out, device_type, registry)
+            self._judge(rule, source, t, signals, None, out, device.device_type, registry)
+        self._note_active(device)
+
+    def _note_active(self, device: _Device) -> None:
+        episodes, source = self.engine.episodes, device.device_source
+        device.active = any((r.code, source) in episodes for r in (*self._silence_rules, *self._device_rules))
 
     def _judge(self, rule: Rule, source: str, t: float, signals: SignalMap, metric: str | None, out: Decisions,
-               device_type: str | None, registry: Registry, *, subject_of: str | None = None) -> None:
-        subject = self._subjects[subject_of or source]
+               device_type: str | None, registry: Registry, *, subject_of: str | None = None,
+               began: float | None = None, device: _Device | None = None) -> None:
+        subject = self._subjects.get(subject_of or source)
+        if subject is None:  # the first rule judged for a source a device's readings go to
+            subject = self._subject(subject_of or source, device.farm, device.animal, device.zone, device.uid,
+                                    device.device_type)
         if rule.scoped and not rule.applies(subject.farm_id, subject.zone_id, subject.animal_id, device_type):
             return
-        decided = self.engine.evaluate(rule, source, t, signals, metric=metric, cap=(rule.code, subject.farm_id))
+        decided = self.engine.evaluate(rule, source, t, signals, metric=metric, cap=(rule.code, subject.farm_id),
+                                       began=began)
         if subject_of is not None and (rule.code, source) in self.engine.episodes:
             self._any_sources.add(subject_of)
             self._subjects.setdefault(source, subject)
@@ -534,6 +677,82 @@ class Alerting:
                                f"{rule.name}: {who}: {'; '.join(holding)}", msgspec.json.encode(details).decode(),
                                "open"))
 
+    # --- bounded state -------------------------------------------------------------------------------
+
+    def prune(self, now: float | None = None) -> None:
+        """Forget what no longer matters: episodes over and out of their suppression; and, at most
+        every `evict_interval_s` of wall time, idle series and devices (`evict`)."""
+        self.engine.prune(self.horizon, self.longest_suppression_s)
+        codes = {r.code for r in self._any_metric}
+        self._any_sources = {source.rsplit(":", 1)[0] for code, source in self.engine.episodes if code in codes}
+        if time.monotonic() - self._evicted_at >= self.evict_interval_s:
+            self.evict(time.time() if now is None else now)
+
+    def evict(self, now: float | None = None) -> None:
+        """Forget series and devices without a reading for `idle_s` of their farm's clock (moved on by
+        the wall clock `now` while the farm is silent), unless an episode of theirs is going, and the
+        subjects nothing refers to any more."""
+        self._evicted_at = time.monotonic()
+        clocks = self._clocks(now)
+        current = self.signals.current
+        for source in self.signals.evict(clocks, self.idle_s):
+            if not current.get(source):
+                current.pop(source, None)
+        busy = {source for _, source in self.engine.episodes}
+        for key, device in list(self._devices.items()):
+            if clocks.get(device.farm, -math.inf) - device.last > self.idle_s and device.device_source not in busy:
+                del self._devices[key]
+                self._devices_per_farm[device.farm] -= 1
+                signals = current.get(device.device_source)
+                if signals is not None:
+                    for k in _DEVICE_SIGNALS:
+                        signals.pop(k, None)
+                    if not signals:
+                        del current[device.device_source]
+        for farm in [f for f, n in self._devices_per_farm.items() if n <= 0]:
+            del self._devices_per_farm[farm]
+        live = busy | current.keys()
+        for device in self._devices.values():
+            live.add(device.source)
+            live.add(device.device_source)
+        self._subjects = {k: v for k, v in self._subjects.items() if k in live}
+
+    def state_size(self) -> dict[str, int]:
+        """How much is held: series, devices, sources with signals, subjects, episodes."""
+        return {"series": len(self.signals.baselines), "devices": len(self._devices),
+                "sources": len(self.signals.current), "subjects": len(self._subjects),
+                "episodes": len(self.engine.episodes)}
+
+    @property
+    def horizon(self) -> float:
+        """The newest data time seen from any farm: what "now" is for forgetting old episodes."""
+        return max(self.clock.values(), default=0.0)
+
+    # --- baselines from the aggregates, on first use -------------------------------------------------
+
+    def unseen(self, kind: str, rows: Sequence[tuple]) -> tuple[dict[tuple[int, object], str], list[asyncio.Future]]:
+        """The (farm, device uid) of a sensor batch, or (farm, animal id) of a milk batch, whose
+        baselines were not looked up since start (or long ago), each with its source, now marked as
+        looked up; and the lookups under way that the batch must wait for."""
+        wanted: dict[tuple[int, object], str] = {}
+        restoring = self.restoring
+        if kind == "sensor":
+            keys: set[object] = set(map(_uid_of, rows))
+            fresh = {uid for uid in keys if self.restored.add(uid)}
+            if fresh:
+                ui, fi, ai, zi = _S["device_uid"], _S["farm_id"], _S["animal_id"], _S["zone_id"]
+                for row in rows:
+                    uid, farm = row[ui], row[fi]
+                    if uid in fresh and (farm, uid) not in wanted:
+                        wanted[(farm, uid)] = source_key(farm, row[ai], row[zi], uid)
+        else:
+            fi, ai = _M["farm_id"], _M["animal_id"]
+            keys = {(row[fi], row[ai]) for row in rows if row[ai] is not None}
+            for farm, animal in keys:
+                if self.restored.add((farm, animal)):
+                    wanted[(farm, animal)] = f"animal:{farm}:{animal}"
+        pending = [restoring[k] for k in keys if k in restoring] if restoring else []
+        return wanted, pending
 
 def _relevant(signals: SignalMap, rule: Rule, metric: str | None) -> dict[str, float]:
     """The signals an alert's reader needs: those of the metric judged, or of the rule's metrics."""
@@ -587,78 +806,162 @@ async def store(conn: Any, decisions: Decisions) -> None:
             await conn.execute(_RESOLVE, *(list(column) for column in columns))
 
 
-async def restore(conn: Any, alerting: Alerting, registry: Registry) -> tuple[int, int]:
-    """After a restart: take up open and recently resolved alerts (no duplicates, suppression holds)
-    and seed baselines from the aggregates. Returns (episodes, baselines) restored."""
-    episodes = await conn.fetch(
-        "SELECT alert_id, rule_code, time, status, coalesce(resolved_at, updated_at) AS ended FROM iot.alerts "
+_EPISODE_COLUMNS = ("alert_id, rule_code, time, status, coalesce(resolved_at, updated_at) AS ended, farm_id, "
+                    "source_type, source_id, updated_at")
+
+
+def stored_source(row: Mapping[str, Any]) -> str | None:
+    """The source (as `Alerting` keys it, with its farm) of a stored alert, from its id checked
+    against its row: ids stored before sources named their farm (`rule:animal:7:start`) are read
+    too; None for an id that matches neither."""
+    try:
+        part = source_of(row["rule_code"], row["alert_id"])
+    except ValueError:
+        return None
+    if not row["alert_id"].startswith(f"{row['rule_code']}:"):
+        return None
+    kind, farm, ident = row["source_type"], row["farm_id"], row["source_id"]
+    for named in (f"{kind}:{farm}:{ident}", f"{kind}:{ident}"):  # the farm's own; then the older form
+        if part == named or part.startswith(f"{named}:"):  # (":metric" follows for an every-metric rule)
+            return f"{kind}:{farm}:{ident}{part[len(named):]}"
+    return None
+
+
+async def restore(conn: Any, alerting: Alerting, registry: Registry) -> tuple[int, int]:  # noqa: ARG001
+    """After a restart: take up open and recently resolved alerts (no duplicates, suppression holds).
+    Baselines are not read here but on first use (`restore_baselines`). Returns (episodes, 0)."""
+    rows = await conn.fetch(
+        f"SELECT {_EPISODE_COLUMNS} FROM iot.alerts "
         "WHERE status <> 'resolved' OR updated_at > now() - make_interval(secs => $1)", alerting.longest_suppression_s)
-    for r in episodes:
-        source = source_of(r["rule_code"], r["alert_id"])
+    taken = 0
+    for r in rows:
+        source = stored_source(r)
+        if source is None:
+            log.warning("alert %r: its id does not name its source; not taken up", r["alert_id"])
+            continue
         is_open = r["status"] != "resolved"
         alerting.engine.restore(r["rule_code"], source, r["time"].timestamp(), r["alert_id"] if is_open else None,
                                 None if is_open else r["ended"].timestamp())
-    baselines = alerting.signals.baselines
-    series = await conn.fetch(_SENSOR_BASELINES)
-    for r in series:
-        device = registry.devices.get(r["device_uid"])
-        source = (f"animal:{device.animal_id}" if device is not None and device.animal_id is not None
-                  else f"zone:{device.zone_id}" if device is not None and device.zone_id is not None
-                  else f"device:{r['device_uid']}")
-        baselines.restore((source, r["metric_name"]), r["until"].timestamp(), r["mean"], r["std"] or 0.0, r["n"],
-                          r["span_s"])
-    milk = await conn.fetch(_MILK_BASELINES)
-    for r in milk:
-        for metric in ("yield_kg", "conductivity_ms"):
-            if r[metric] is not None:
-                baselines.restore((f"animal:{r['animal_id']}", metric), r["until"].timestamp(), r[metric],
-                                  r[f"{metric}_std"] or 0.0, r["n"], r["span_s"])
+        taken += 1
     alerting.prune()
-    return len(episodes), len(series) + len(milk)
+    return taken, 0
 
 
-# The last week of each series before its newest hour, pooled from hourly buckets: mean, and the
-# spread within and between hours.
+async def restore_baselines(pool: Any, alerting: Alerting, kind: str, rows: Sequence[tuple]) -> int:
+    """Seed the baselines of a batch's devices (sensor rows) or cows (milk rows) not looked up since
+    start from the aggregates, in one query, before the batch is judged; wait for those another batch
+    is looking up. A failed lookup is logged and tried again with their next batch. Returns the
+    series seeded."""
+    if kind not in ("sensor", "milk") or not rows:
+        return 0
+    wanted, pending = alerting.unseen(kind, rows)
+    seeded = 0
+    if wanted:
+        done = asyncio.get_running_loop().create_future()
+        keys = [uid for _, uid in wanted] if kind == "sensor" else list(wanted)
+        for key in keys:
+            alerting.restoring[key] = done
+        try:
+            seeded = await _seed(pool, alerting, kind, rows, wanted)
+        except RETRYABLE_ERRORS as exc:
+            log.warning("baselines of %d %s could not be read (%s); tried again with their next readings",
+                        len(wanted), "devices" if kind == "sensor" else "cows", exc)
+            for key in keys:
+                alerting.restored.discard(key)
+        finally:
+            for key in keys:
+                if alerting.restoring.get(key) is done:
+                    del alerting.restoring[key]
+            done.set_result(None)
+    if pending:
+        await asyncio.gather(*pending)
+    return seeded
+
+
+async def _seed(pool: Any, alerting: Alerting, kind: str, rows: Sequence[tuple],
+                wanted: dict[tuple[int, object], str]) -> int:
+    signals, seeded = alerting.signals, 0
+    ids = list({ident for _, ident in wanted})
+    async with pool.acquire() as conn:
+        if kind == "sensor":
+            newest = max(map(_time_of, rows))
+            for r in await conn.fetch(_SENSOR_BASELINES, ids, newest):
+                source = wanted.get((r["farm_id"], r["device_uid"]))
+                if source is not None:
+                    seeded += signals.restore(source, r["farm_id"], r["metric_name"], r["until"].timestamp(),
+                                              r["mean"], r["std"] or 0.0, r["n"], r["span_s"])
+            return seeded
+        newest = max(row[_M["time"]] for row in rows)
+        for r in await conn.fetch(_MILK_BASELINES, ids, newest):
+            source = wanted.get((r["farm_id"], r["animal_id"]))
+            if source is None:
+                continue
+            for metric in ("yield_kg", "conductivity_ms"):
+                if r[metric] is not None:
+                    seeded += signals.restore(source, r["farm_id"], metric, r["until"].timestamp(), r[metric],
+                                              r[f"{metric}_std"] or 0.0, r["n"], r["span_s"])
+    return seeded
+
+
+# The last week of each series of the devices asked for ($1) before its newest hour, within the week
+# before the batch's newest reading ($2), pooled from hourly buckets: mean, and the spread within and
+# between hours.
 _SENSOR_BASELINES = """
     WITH h AS (
-        SELECT device_uid, metric_name, bucket, avg_value, coalesce(stddev_value, 0) AS sd, sample_count,
-               max(bucket) OVER (PARTITION BY device_uid, metric_name) AS newest
+        SELECT farm_id, device_uid, metric_name, bucket, avg_value, coalesce(stddev_value, 0) AS sd, sample_count,
+               max(bucket) OVER (PARTITION BY farm_id, device_uid, metric_name) AS newest
         FROM iot.sensor_data_hourly
-        WHERE bucket > (SELECT max(bucket) FROM iot.sensor_data_hourly) - interval '7 days'
+        WHERE device_uid = ANY($1::text[]) AND bucket > $2::timestamptz - interval '7 days'
     ), s AS (
-        SELECT device_uid, metric_name, (sum(avg_value * sample_count) / sum(sample_count))::float8 AS mean,
+        SELECT farm_id, device_uid, metric_name, (sum(avg_value * sample_count) / sum(sample_count))::float8 AS mean,
                (sum(sample_count * (sd * sd + avg_value * avg_value)) / sum(sample_count))::float8 AS square,
                sum(sample_count)::integer AS n, max(newest) + interval '1 hour' AS until,
                extract(epoch FROM max(newest) + interval '1 hour' - min(bucket))::float8 AS span_s
-        FROM h WHERE bucket > newest - interval '7 days' GROUP BY device_uid, metric_name
+        FROM h WHERE bucket > newest - interval '7 days' GROUP BY farm_id, device_uid, metric_name
     )
-    SELECT device_uid, metric_name, mean, sqrt(greatest(square - mean * mean, 0)) AS std, n, until, span_s FROM s
+    SELECT farm_id, device_uid, metric_name, mean, sqrt(greatest(square - mean * mean, 0)) AS std, n, until, span_s
+    FROM s
 """
 # Sessions a day are few: a cow's milk baseline is her last week's mean per session; its spread
 # is that of her daily means.
 _MILK_BASELINES = """
-    SELECT animal_id, avg(avg_yield_per_session)::float8 AS yield_kg,
+    SELECT farm_id, animal_id, avg(avg_yield_per_session)::float8 AS yield_kg,
            stddev_samp(avg_yield_per_session)::float8 AS yield_kg_std, avg(avg_conductivity)::float8 AS conductivity_ms,
            stddev_samp(avg_conductivity)::float8 AS conductivity_ms_std,
            sum(milking_count)::integer AS n, max(bucket) + interval '1 day' AS until,
            extract(epoch FROM max(bucket) + interval '1 day' - min(bucket))::float8 AS span_s
     FROM iot.milk_production_daily
-    WHERE animal_id IS NOT NULL AND bucket > (SELECT max(bucket) FROM iot.milk_production_daily) - interval '7 days'
-    GROUP BY animal_id
+    WHERE animal_id = ANY($1::integer[]) AND bucket > $2::timestamptz - interval '7 days'
+    GROUP BY farm_id, animal_id
 """
 
 
 async def pull_resolutions(conn: Any, alerting: Alerting, since: datetime) -> datetime:
     """Alerts resolved by a person since `since` (Odoo writes the status back): end their episodes
     so they are not raised again inside the rule's suppression. Returns the new watermark."""
-    rows = await conn.fetch("SELECT alert_id, rule_code, coalesce(resolved_at, updated_at) AS at, updated_at "
-                            "FROM iot.alerts WHERE status = 'resolved' AND updated_at > $1 ORDER BY updated_at "
-                            "LIMIT 10000", since)
+    rows = await conn.fetch(f"SELECT {_EPISODE_COLUMNS} FROM iot.alerts WHERE status = 'resolved' AND updated_at > $1 "
+                            "ORDER BY updated_at LIMIT 10000", since)
     for r in rows:
-        source = source_of(r["rule_code"], r["alert_id"])
-        if alerting.engine.open_alert(r["rule_code"], source) == r["alert_id"]:
-            alerting.engine.resolved_elsewhere(r["rule_code"], source, r["at"].timestamp())
+        source = stored_source(r)
+        if source is not None and alerting.engine.open_alert(r["rule_code"], source) == r["alert_id"]:
+            alerting.engine.resolved_elsewhere(r["rule_code"], source, r["ended"].timestamp())
     return rows[-1]["updated_at"] if rows else since
+
+
+class StateCollector:
+    """Prometheus view of the alert state: what is held, and readings of series not tracked (caps)."""
+
+    def __init__(self, alerting: Alerting) -> None:
+        self.alerting = alerting
+
+    def collect(self) -> Iterator[Metric]:
+        held = GaugeMetricFamily("smart_dairy_alert_state", "Alert state held in memory, by kind", labels=["kind"])
+        for kind, n in self.alerting.state_size().items():
+            held.add_metric([kind], n)
+        yield held
+        yield CounterMetricFamily("smart_dairy_alert_series_untracked",
+                                  "Readings of new series or devices not tracked for alerts: beyond the caps "
+                                  "per farm or in all (stored, not judged)", value=self.alerting.signals.untracked)
 
 
 def as_messages(decisions: Decisions) -> list[tuple[str, bytes]]:

@@ -10,8 +10,13 @@ Sources of the numbers:
 
 from __future__ import annotations
 
+import logging
 import math
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 THI_LEVELS = ((89.0, "severe"), (79.0, "moderate"), (72.0, "mild"), (68.0, "onset"))
 
@@ -55,15 +60,17 @@ class Baseline:
 # the baseline's weighted sums of values and of squares, last time and count; the weight not yet
 # gathered (0.5 ** (span / half-life)); the short moving average and last value; the last interval
 # between readings with its two smoothing factors (series report at fixed intervals: computed once);
-# the baseline's mean and spread as of the last fold, and whether it was settled then (1.0).
-_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED = range(13)
+# the baseline's mean and spread as of the last fold, and whether it was settled then (1.0); the
+# newest reading judged (a reading not newer is late: stored, never judged) and the series' farm.
+(_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED, _NEWEST,
+ _FARM) = range(15)
 # A baseline spanning days takes at most one value a minute per series: a sensor reporting every few
 # seconds costs a lookup and two divisions per reading, not an update.
 MIN_FOLD_S = 60.0
 
 
-def _new_state(t: float, value: float) -> list[float]:
-    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0]
+def _new_state(t: float, value: float, farm: int | None = None) -> list:
+    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm]
 
 
 def _moments(s: list[float]) -> tuple[float, float]:
@@ -133,13 +140,18 @@ class Baselines:
         s[_MEAN], s[_STD] = _moments(s)
         s[_SETTLED] = float(s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
 
-    def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float) -> None:
-        """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`."""
+    def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float,
+                farm: int | None = None) -> None:
+        """Seed a series from stored aggregates after a restart: `samples` values over `span_s` up to `t`.
+        No reading of it has been judged yet, so none that follows is late."""
         gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
         s = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered, mean, mean,
-             -1.0, 0.0, 0.0, mean, std, 0.0]
+             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm]
         s[_SETTLED] = float(samples >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
         self._state[key] = s
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._state
 
     def __len__(self) -> int:
         return len(self._state)
@@ -163,13 +175,22 @@ class Signals:
     an episode of hours stands out, fast enough to follow the lactation curve); `average_half_life_s`
     sets the moving average's span. Each source's signals are one dict keyed (signal, metric), which
     the rules read directly. This runs for every reading: one state lookup, no objects made.
+
+    State is bounded: at most `max_series_per_farm` series per farm and `max_series` in all (a new
+    series beyond either is not tracked: its readings are stored but not judged, and counted in
+    `untracked`), and `evict` forgets series idle for longer than `idle_s` of their farm's clock.
     """
 
-    def __init__(self, baseline_half_life_s: float = 3 * 86_400.0, average_half_life_s: float = 3_600.0) -> None:
+    def __init__(self, baseline_half_life_s: float = 3 * 86_400.0, average_half_life_s: float = 3_600.0, *,
+                 max_series: int = 1 << 62, max_series_per_farm: int = 1 << 62) -> None:
         self.baselines = Baselines(baseline_half_life_s, average_half_life_s)
         self.current: dict[str, dict[tuple[str, str | None], float]] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
         self.wanted = frozenset(SIGNALS)
+        self.max_series, self.max_series_per_farm = max_series, max_series_per_farm
+        self.per_farm: dict[int | None, int] = {}  # farm -> series tracked
+        self.untracked = 0  # readings of new series refused by a cap
+        self._warned = -math.inf  # monotonic time of the last log line about the caps
 
     @property
     def wanted(self) -> frozenset[str]:
@@ -181,8 +202,19 @@ class Signals:
         self._wanted = signals
         self._moving = bool(signals & {"average", "rate"})
 
-    def fold(self, source: str, t: float, metric: str, value: float) -> dict[tuple[str, str | None], float]:
-        """Take one reading of `metric` from `source` at epoch `t`; return the source's signals."""
+    def fold(self, source: str, farm: int | None, t: float, metric: str, value: float
+             ) -> dict[tuple[str, str | None], float] | None:
+        """Take one reading of `metric` from `source` (of `farm`) at epoch `t`; return the source's
+        signals, or None when the reading is not to be judged: late (not newer than the newest reading
+        of the series already taken: it neither becomes the current value nor moves the baseline), or
+        of a new series beyond the caps."""
+        baselines = self.baselines
+        s = baselines._state.get((source, metric))
+        if s is None:
+            return self._first(source, farm, t, metric, value)
+        if t <= s[_NEWEST]:
+            return None
+        s[_NEWEST] = t
         signals = self.current.get(source)
         if signals is None:
             signals = self.current[source] = {}
@@ -191,29 +223,58 @@ class Signals:
             keys = self._keys[metric] = tuple((name, metric) for name in METRIC_SIGNALS)
         k_value, k_ratio, k_zscore, k_average, k_rate = keys
         signals[k_value] = value
-        baselines = self.baselines
-        s = baselines._state.get((source, metric))
-        if s is None:
-            baselines._state[(source, metric)] = _new_state(t, value)
-            signals[k_average] = value
-        else:
-            std = None
-            if s[_SETTLED]:  # judged against the baseline as it was before this reading
-                mean, std = s[_MEAN], s[_STD]
-                signals[k_ratio] = value / mean if mean else 1.0
-                signals[k_zscore] = (value - mean) / std if std else 0.0
-            last_t = s[_LAST_T]
-            if t - last_t >= MIN_FOLD_S:
-                last_value = s[_LAST_V]
-                baselines._fold(s, t, value, s[_MEAN], std)
-                if self._moving:
-                    signals[k_average] = s[_AVG]
-                    signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
+        std = None
+        if s[_SETTLED]:  # judged against the baseline as it was before this reading
+            mean, std = s[_MEAN], s[_STD]
+            signals[k_ratio] = value / mean if mean else 1.0
+            signals[k_zscore] = (value - mean) / std if std else 0.0
+        last_t = s[_LAST_T]
+        if t - last_t >= MIN_FOLD_S:
+            last_value = s[_LAST_V]
+            baselines._fold(s, t, value, s[_MEAN], std)
+            if self._moving:
+                signals[k_average] = s[_AVG]
+                signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
         if metric in THI_INPUTS:
-            air, humidity = signals.get(("value", "temperature_c")), signals.get(("value", "humidity_percent"))
-            if air is not None and humidity is not None:
-                signals[("thi", None)] = thi(air, humidity)
+            self._thi(signals)
         return signals
+
+    def _first(self, source: str, farm: int | None, t: float, metric: str, value: float
+               ) -> dict[tuple[str, str | None], float] | None:
+        """The first reading of a series: tracked if the caps allow."""
+        if not self.admit(farm):
+            return None
+        self.baselines._state[(source, metric)] = _new_state(t, value, farm)
+        signals = self.current.get(source)
+        if signals is None:
+            signals = self.current[source] = {}
+        signals[("value", metric)] = value
+        signals[("average", metric)] = value
+        if metric in THI_INPUTS:
+            self._thi(signals)
+        return signals
+
+    def admit(self, farm: int | None) -> bool:
+        """Count a new series of `farm` if the caps have room; else count it as not tracked (and say
+        so in the log, at most once a minute)."""
+        n = self.per_farm.get(farm, 0)
+        if n < self.max_series_per_farm and len(self.baselines) < self.max_series:
+            self.per_farm[farm] = n + 1
+            return True
+        self.untracked += 1
+        now = time.monotonic()
+        if now - self._warned >= 60.0:
+            self._warned = now
+            log.warning("alerts: new series not tracked (farm %s has %d of %d series, %d of %d in all); %d readings "
+                        "of untracked series so far", farm, n, self.max_series_per_farm, len(self.baselines),
+                        self.max_series, self.untracked)
+        return False
+
+    @staticmethod
+    def _thi(signals: dict[tuple[str, str | None], float]) -> None:
+        air, humidity = signals.get(("value", "temperature_c")), signals.get(("value", "humidity_percent"))
+        if air is not None and humidity is not None:
+            signals[("thi", None)] = thi(air, humidity)
 
     def set(self, source: str, signal: str, value: float) -> dict[tuple[str, str | None], float]:
         """Set a source-level signal (battery, signal strength, missed intervals)."""
@@ -222,3 +283,37 @@ class Signals:
             signals = self.current[source] = {}
         signals[(signal, None)] = value
         return signals
+
+    def restore(self, source: str, farm: int | None, metric: str, t: float, mean: float, std: float, samples: int,
+                span_s: float) -> bool:
+        """Seed a series not in memory from stored aggregates (see `Baselines.restore`), within the caps."""
+        if (source, metric) in self.baselines or not self.admit(farm):
+            return False
+        self.baselines.restore((source, metric), t, mean, std, samples, span_s, farm)
+        return True
+
+    def evict(self, clocks: Mapping[int | None, float], idle_s: float) -> set[str]:
+        """Forget series whose newest reading is more than `idle_s` behind their farm's clock; return
+        the sources left with no series."""
+        state = self.baselines._state
+        stale = [key for key, s in state.items() if clocks.get(s[_FARM], -math.inf) - s[_LAST_T] > idle_s]
+        emptied = set()
+        for key in stale:
+            s = state.pop(key)
+            self.per_farm[s[_FARM]] -= 1
+            source, metric = key
+            signals = self.current.get(source)
+            if signals is not None:
+                for name in METRIC_SIGNALS:
+                    signals.pop((name, metric), None)
+                if not any(m is not None for _, m in signals):
+                    signals.pop(("thi", None), None)
+                    emptied.add(source)
+        for farm in [f for f, n in self.per_farm.items() if n <= 0]:
+            del self.per_farm[farm]
+        return emptied
+
+    def series_of(self, source: str) -> bool:
+        """Whether `source` has signals of any metric."""
+        signals = self.current.get(source)
+        return signals is not None and any(m is not None for _, m in signals)

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     admit_timeout: float = Field(2.0, gt=0)
     # Judge the alert rules of iot.alert_rules on every validated batch (contract section 7).
     alerts_enabled: bool = True
+    # Alert state is bounded (contract section 6): series (a source's metric) and devices tracked at most,
+    # per farm and in all; a new one beyond is stored but not judged (counted in /metrics). A series or
+    # device with no reading for this many baseline half-lives (3 days) of its farm's clock is forgotten,
+    # looked for every `alert_evict_interval` seconds; its baseline comes back from the aggregates.
+    alert_max_series: int = Field(200_000, ge=1)
+    alert_max_series_per_farm: int = Field(50_000, ge=1)
+    alert_idle_half_lives: float = Field(3.0, gt=0)
+    alert_evict_interval: float = Field(60.0, gt=0)
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -64,11 +64,13 @@ class Pipeline:
         self.writers: dict[str, Writer] = {}
         self.dead_letters: Writer | None = None
         self._background = background
-        self.alerting = Alerting() if settings.alerts_enabled else None
+        self.alerting = Alerting.from_settings(settings) if settings.alerts_enabled else None
         # Called with what was stored, after it is committed (the MQTT side publishes it).
         self.alert_listeners: list[Callable[[Decisions], None]] = []
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        if self.alerting is not None:
+            self.metrics.registry.register(alerts.StateCollector(self.alerting))
 
     async def start(self) -> None:
         s = self.settings
@@ -135,6 +137,7 @@ class Pipeline:
         writes = [self.writers[kind].write(validated.rows, channel=channel, source=source, admit_timeout=admit_timeout)]
         # Judged before the rows are stored and stored beside them: the caller's acknowledgement waits
         # for both, so a crash in between re-delivers the readings and re-raises the same alert ids.
+        await self._restore_baselines(kind, validated.rows)
         decisions = self._judge(kind, validated.rows)
         if decisions:
             writes.append(self.store_alerts(decisions))
@@ -148,6 +151,12 @@ class Pipeline:
             self.metrics.items_rejected.labels(channel=channel, reason=e.field or "item").inc()
         errors.sort(key=lambda e: e.index)
         return IngestResult(stored.stored, errors)
+
+    async def _restore_baselines(self, kind: str, rows: list[tuple]) -> None:
+        """Baselines of the batch's devices and cows not seen since start, from the aggregates (one
+        query), before their readings are judged: none are read at start."""
+        if self.alerting is not None and rows:
+            await alerts.restore_baselines(self.pool, self.alerting, kind, rows)
 
     def _judge(self, kind: str, rows: list[tuple]) -> Decisions | None:
         if self.alerting is None or not rows:

@@ -120,7 +120,7 @@ async def test_an_alert_resolved_in_odoo_is_not_raised_again_within_its_suppress
     [alert] = await alerts_of(api, "ODOO_RESOLVED")
     await api.pipeline.pool.execute("UPDATE iot.alerts SET status = 'resolved', resolved_at = now(), "
                                     "updated_at = now() WHERE alert_id = $1", alert["alert_id"])
-    await eventually(lambda: api.pipeline.alerting.engine.open_alert("ODOO_RESOLVED", "device:ENV-G") is None, 10,
+    await eventually(lambda: api.pipeline.alerting.engine.open_alert("ODOO_RESOLVED", "device:1:ENV-G") is None, 10,
                      "resolution taken up")
     await send(api, climate("ENV-G", 35, 32, 50))  # still hot, but a person said it is dealt with
     await send(api, climate("ENV-G", 0, 32, 50))
@@ -157,15 +157,17 @@ async def test_restart_in_the_middle_of_an_episode_raises_no_duplicate_and_resto
     server, task, url, pipeline = await start_api(db, **settings)
     api.url, api.pipeline = url, pipeline
     try:
-        base = pipeline.alerting.signals.baselines.get(("device:COL-R", "activity_index"))
-        assert base is not None and base.settled and base.mean == pytest.approx(53, abs=0.5)
+        series = ("device:1:COL-R", "activity_index")
+        assert pipeline.alerting.signals.baselines.get(series) is None  # not read at start: on first use
         await send(api, [collar(m, "body_temperature_c", 40.3) for m in (130, 120)])  # the same episode goes on
         assert [a["alert_id"] for a in await alerts_of(api, "fever")] == [before["alert_id"]]
+        base = pipeline.alerting.signals.baselines.get(series)  # read when its device reported again
+        assert base is not None and base.settled and base.mean == pytest.approx(53, abs=0.5)
         await send(api, [collar(110, "body_temperature_c", 38.6)])
         [after] = await alerts_of(api, "fever")
         assert after["alert_id"] == before["alert_id"] and after["status"] == "resolved"
         await send(api, [collar(100, "activity_index", 160.0)])  # judged against the restored baseline
-        [oestrus_signal] = [v for k, v in pipeline.alerting.signals.current["device:COL-R"].items()
+        [oestrus_signal] = [v for k, v in pipeline.alerting.signals.current["device:1:COL-R"].items()
                             if k == ("ratio", "activity_index")]
         assert oestrus_signal == pytest.approx(160 / base.mean)
     finally:
@@ -200,7 +202,8 @@ async def test_alerts_are_published_over_mqtt_as_stored(ingest, broker: Broker) 
 
 
 def test_alert_ids_name_their_source() -> None:
-    key = alert_id("anomaly", "animal:3:eating_minutes", 1_700_000_000.9)
-    assert key == "anomaly:animal:3:eating_minutes:1700000000"
-    assert source_of("anomaly", key) == "animal:3:eating_minutes"
+    key = alert_id("anomaly", "animal:1:3:eating_minutes", 1_700_000_000.9)  # farm 1's cow 3, a metric
+    assert key == "anomaly:animal:1:3:eating_minutes:1700000000.900000"  # a fraction of a second kept
+    assert source_of("anomaly", key) == "animal:1:3:eating_minutes"
+    assert alert_id("fever", "animal:1:3", 1_700_000_000.0) == "fever:animal:1:3:1700000000"
     assert Settings().alerts_enabled

@@ -148,9 +148,9 @@ def test_device_offline_after_four_missed_intervals_and_back_online(rules: list[
     feed(alerting, [sensor(after(0, 60), "activity_index", 50, device="COL-2", animal=2)])
     offline = alerting.check_devices(None, REGISTRY)
     assert [(r[2], r[7]) for r in offline.raised] == [("device_offline", "COL-1")]
-    feed(alerting, [sensor(after(0, 75), "activity_index", 50)])
-    back = alerting.check_devices(None, REGISTRY)
-    assert [r[0] for r in back.resolved] == [offline.raised[0][1]]
+    back = feed(alerting, [sensor(after(0, 75), "activity_index", 50)])  # resolved by the reading itself
+    assert [(r[0], r[2]) for d in back for r in d.resolved] == [(offline.raised[0][1], after(0, 75))]
+    assert not alerting.check_devices(None, REGISTRY)
 
 
 def test_low_battery_is_judged_when_it_changes(rules: list[Rule]) -> None:
@@ -170,4 +170,4 @@ def test_anomaly_is_five_standard_deviations_from_the_series_baseline(rules: lis
     assert raised(near, anomaly=True) == []
     far = feed(alerting, [sensor(after(2, 15), "eating_minutes", 400)])  # 12 sd
     assert raised(far, anomaly=True) == ["anomaly"]
-    assert far[0].raised[0][1].startswith("anomaly:animal:1:eating_minutes:")
+    assert far[0].raised[0][1].startswith("anomaly:animal:1:1:eating_minutes:")  # rule:source (farm 1, cow 1):metric
