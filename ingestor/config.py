@@ -38,10 +38,18 @@ class Settings(BaseSettings):
     http_port: int = Field(8000, ge=1, le=65535)
     # A 10,000-reading batch is ~3 MB of JSON; larger bodies get 413 before they are read.
     max_body_bytes: int = Field(16 << 20, ge=1024)
-    # Request bodies being read or decoded at once; beyond it new requests get 503 (bounded memory).
+    # What request bodies being read and decoded may cost at once (each byte received counts
+    # api.DECODED_COST times), in total and per API key; past either a request gets 503 (bounded memory,
+    # and one key cannot take it all).
     max_inflight_bytes: int = Field(128 << 20, ge=1 << 20)
+    max_client_inflight_bytes: int = Field(64 << 20, ge=1 << 20)
+    # A body must arrive within this many seconds (408): slow senders do not hold connections and budget.
+    body_timeout: float = Field(30.0, gt=0)
     # How long a request waits for room in a full writer before it gets 503 and Retry-After.
     admit_timeout: float = Field(2.0, gt=0)
+    # Dead-letter text one farm may add an hour (bounded disk whatever a farm's devices send); past
+    # it rejections are counted in /metrics, not stored.
+    dead_letter_bytes_per_farm_hour: int = Field(16 << 20, ge=1 << 16)
     # Judge the alert rules of iot.alert_rules on every validated batch (contract section 7).
     alerts_enabled: bool = True
     # Alert state is bounded (contract section 6): series (a source's metric) and devices tracked at most,

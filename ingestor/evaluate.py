@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from . import herd, storage
 from .config import Settings
-from .pipeline import Pipeline
+from .pipeline import Origin, Pipeline
 from .simulator import utc_floor
 from .topics import decode_message
 
@@ -212,6 +212,9 @@ def _busiest_hours(alerts: Sequence[asyncpg.Record], pipeline: Pipeline) -> str:
                                                       for r, n in sorted(busiest.items()))
 
 
+EVALUATE = Origin("evaluate", b"")  # the simulator's messages are all valid: nothing to keep of them
+
+
 async def _submit(pipeline: Pipeline, messages: list[tuple[str, bytes]], latencies: list[float]) -> None:
     """Map and ingest one submission's messages as the MQTT subscriber does; judge silent devices at
     the farm's clock."""
@@ -223,7 +226,7 @@ async def _submit(pipeline: Pipeline, messages: list[tuple[str, bytes]], latenci
         kinds["rfid"].extend(mapped.rfid)
     before = _raised(pipeline)
     started = time.perf_counter()
-    await asyncio.gather(*(pipeline.ingest(kind, items, channel="mqtt", source="evaluate")
+    await asyncio.gather(*(pipeline.ingest(kind, items, channel="mqtt", origin=EVALUATE)
                            for kind, items in kinds.items() if items))
     silence = pipeline.alerting.check_devices(None, pipeline.registry.current)
     if silence:

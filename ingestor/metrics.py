@@ -28,6 +28,7 @@ class Metrics:
     http_requests: Counter
     http_seconds: Histogram
     alerts: Counter
+    input_not_stored: Counter
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -63,4 +64,7 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         http_seconds=Histogram("smart_dairy_http_seconds", "HTTP request duration, body read to answer", ["route"],
                                buckets=(.001, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10), registry=r),
         alerts=Counter("smart_dairy_alerts", "Alerts raised and resolved, by rule", ["rule", "event"], registry=r),
+        input_not_stored=Counter("smart_dairy_input_not_stored", "Rejected input counted but not dead-lettered: "
+                                 "unauthenticated, or past its farm's hourly allowance", ["channel", "reason"],
+                                 registry=r),
     )

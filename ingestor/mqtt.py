@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 
 from .alerts import Decisions, as_messages
 from .config import Settings
-from .pipeline import Pipeline
+from .pipeline import Origin, Pipeline
 from .topics import TopicError, decode_message, subscriptions
 from .validation import decode_error
 
@@ -239,7 +239,7 @@ class Subscriber:
     async def process(self, batch: list[_Message]) -> None:
         """Decode, validate and store a batch of messages, then acknowledge them."""
         kinds: dict[str, list] = defaultdict(list)
-        origins: dict[str, list[_Message]] = defaultdict(list)  # the message each item came from
+        origins: dict[str, list[Origin]] = defaultdict(list)  # the message each item came from
         rejected: list[tuple[_Message, str, str | None]] = []
         for m in batch:
             try:
@@ -255,13 +255,12 @@ class Subscriber:
                 rejected.append((m, f"payload is not valid JSON: {exc}", "payload"))
                 continue
             for kind, items in (("sensor", mapped.readings), ("milk", mapped.milk), ("rfid", mapped.rfid)):
-                kinds[kind].extend(items)
-                origins[kind].extend([m] * len(items))
+                if items:
+                    kinds[kind].extend(items)
+                    origins[kind].extend([Origin(m.topic, m.payload, items[0].farm_id)] * len(items))
             if not (mapped.readings or mapped.milk or mapped.rfid):
                 rejected.append((m, "the message holds no reading", "payload"))
-        work = [self.pipeline.ingest(kind, items, channel="mqtt", source="",
-                                     raw=[o.payload for o in origins[kind]], sources=[o.topic for o in origins[kind]])
-                for kind, items in kinds.items()]
+        work = [self.pipeline.ingest(kind, items, channel="mqtt", origin=origins[kind]) for kind, items in kinds.items()]
         work += [self.pipeline.reject(channel="mqtt", source=m.topic, payload=m.payload, reason=reason,
                                       field_name=name) for m, reason, name in rejected]
         await asyncio.gather(*work)  # committed, or retried by the writers until it is

@@ -1,7 +1,8 @@
 """The ingestor's running parts, shared by the HTTP API and the MQTT subscriber: the database pool,
 the registry cache, one writer per table, the alert rules, and the background loops (registry
 refresh, device state, alert rules and silence, maintenance). `ingest` is the one path every item
-takes: validate, judge the alert rules, write rows and alerts, dead-letter the rest.
+takes: claim unknown device ids for their farm, validate, judge the alert rules, write rows and
+alerts, dead-letter the rest (one letter per message).
 """
 
 from __future__ import annotations
@@ -14,29 +15,39 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from . import alerts, maintenance
+from . import alerts, maintenance, registry
 from .alerts import Alerting, Decisions
 from .config import Settings
 from .device_state import DeviceStates
 from .metrics import Metrics, build_metrics
-from .registry import RegistryCache
+from .dead_letters import Allowance, letter
+from .registry import ChangeListener, DeviceOwners, RegistryCache, first_of
 from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS, stored_profile
 from .tables import DEAD_LETTERS, MILK_PRODUCTION, RFID_EVENTS, SENSOR_DATA, Table
 from .validation import Context, ItemError, Validated, validate_milk, validate_readings, validate_rfid
-from .writer import Writer
+from .writer import Writer, WriterBusy
 
 log = logging.getLogger(__name__)
 
-# Largest payload kept in a dead letter: enough to see what was wrong, bounded whatever is sent.
-DEAD_LETTER_MAX_CHARS = 1 << 20
+# The database is away (restarting, unreachable): wait for it, as the writers do.
+DATABASE_AWAY = (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError)
 
-KINDS: dict[str, tuple[Table, Callable[..., Validated]]] = {
-    "sensor": (SENSOR_DATA, validate_readings),
-    "milk": (MILK_PRODUCTION, validate_milk),
-    "rfid": (RFID_EVENTS, validate_rfid),
+# kind -> (table, validation, the field naming the device that sent the item)
+KINDS: dict[str, tuple[Table, Callable[..., Validated], str]] = {
+    "sensor": (SENSOR_DATA, validate_readings, "device_uid"),
+    "milk": (MILK_PRODUCTION, validate_milk, "milk_meter_id"),
+    "rfid": (RFID_EVENTS, validate_rfid, "reader_id"),
 }
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The message items came from (an HTTP body, an MQTT message): what a dead letter keeps of it."""
+
+    source: str  # the topic or path
+    payload: bytes
+    farm_id: int | None = None
 
 
 @dataclass
@@ -45,19 +56,14 @@ class IngestResult:
     errors: list[ItemError] = field(default_factory=list)
 
 
-def payload_text(payload: bytes | str) -> str:
-    """What a dead letter keeps of a payload: text (bad bytes escaped, NUL spelled out), bounded."""
-    text = payload.decode("utf-8", "backslashreplace") if isinstance(payload, bytes) else payload
-    if len(text) > DEAD_LETTER_MAX_CHARS:
-        text = f"{text[:DEAD_LETTER_MAX_CHARS]}...[{len(text) - DEAD_LETTER_MAX_CHARS} more characters]"
-    return text.replace("\x00", "\\x00")
-
-
 class Pipeline:
     def __init__(self, settings: Settings, metrics: Metrics | None = None, *, background: bool = True) -> None:
         self.settings = settings
         self.metrics = metrics or build_metrics()
         self.registry = RegistryCache()
+        self.owners = DeviceOwners()
+        self.changes = ChangeListener(settings.dsn)
+        self.allowance = Allowance(settings.dead_letter_bytes_per_farm_hour)
         self.device_states = DeviceStates()
         self.profile = "unknown"
         self.pool: asyncpg.Pool | None = None
@@ -79,7 +85,7 @@ class Pipeline:
             self.profile = await stored_profile(conn) or "unknown"
             await self.registry.refresh(conn)
             if self.alerting is not None:
-                self._rules_fingerprint = await conn.fetchval(alerts.RULES_FINGERPRINT)
+                self._rules_version = await registry.version(conn, "alert_rules")
                 self.alerting.set_rules(await alerts.load_rules(conn))
                 episodes, series = await alerts.restore(conn, self.alerting, self.registry.current)
                 log.info("alerts: %d rules; restored %d episodes and %d baselines", len(self.alerting.rules),
@@ -88,9 +94,11 @@ class Pipeline:
                       metrics=self.metrics)
         self.writers = {kind: Writer(self.pool, table, **common,
                                      on_commit=self.device_states.note if table is SENSOR_DATA else None)
-                        for kind, (table, _) in KINDS.items()}
+                        for kind, (table, *_) in KINDS.items()}
         self.dead_letters = Writer(self.pool, DEAD_LETTERS, **common)
-        self._tasks = [asyncio.create_task(self.registry.run(self.pool, s.registry_interval, self._stop)),
+        self._tasks = [asyncio.create_task(self.changes.run(self._stop)),
+                       asyncio.create_task(self.registry.run(self.pool, s.registry_interval, self._stop,
+                                                             self.changes.events["registry"])),
                        asyncio.create_task(self.device_states.run(self.pool, 1.0, self._stop))]
         if self.alerting is not None:
             self._tasks.append(asyncio.create_task(self._watch_alerts(s.registry_interval)))
@@ -116,24 +124,19 @@ class Pipeline:
     def lag_seconds(self) -> float:
         return max((w.lag_seconds for w in self.writers.values()), default=0.0)
 
-    async def ingest(self, kind: str, items: Sequence[Any], *, channel: str, source: str,
-                     decode_errors: Sequence[ItemError] = (), raw: Sequence[bytes] | None = None,
-                     sources: Sequence[str] | None = None, admit_timeout: float | None = None) -> IngestResult:
+    async def ingest(self, kind: str, items: Sequence[Any], *, channel: str, origin: Origin | Sequence[Origin],
+                     decode_errors: Sequence[ItemError] = (), admit_timeout: float | None = None) -> IngestResult:
         """Validate decoded `items` (None where decoding failed, with `decode_errors`), store the valid
         ones durably, dead-letter the rest; return once both are committed.
 
-        A dead letter keeps `raw[i]` (else the item re-encoded) and `sources[i]` (else `source`).
+        `origin` is the message every item came from, or one per item: each message with rejected
+        items becomes one dead letter listing them.
         """
-        table, validate = KINDS[kind]
-        validated = validate(items, Context(self.registry.current))
+        table, validate, device_field = KINDS[kind]
+        await self._claim(items, device_field, admit_timeout)
+        validated = validate(items, Context(self.registry.current, self.owners.known))
         errors = [*decode_errors, *validated.errors]
-        letters = []
-        if errors:
-            now = datetime.now(UTC)
-            for e in errors:
-                item = raw[e.index] if raw is not None else msgspec.json.encode(items[e.index])
-                letters.append((now, channel, sources[e.index] if sources is not None else source, payload_text(item),
-                                msgspec.json.encode([e.as_json()]).decode()))
+        source = origin.source if isinstance(origin, Origin) else ""
         writes = [self.writers[kind].write(validated.rows, channel=channel, source=source, admit_timeout=admit_timeout)]
         # Judged before the rows are stored and stored beside them: the caller's acknowledgement waits
         # for both, so a crash in between re-delivers the readings and re-raises the same alert ids.
@@ -141,8 +144,8 @@ class Pipeline:
         decisions = self._judge(kind, validated.rows)
         if decisions:
             writes.append(self.store_alerts(decisions))
-        if letters:
-            writes.append(self.dead_letters.write(letters, channel=channel, source=source))
+        if errors:
+            writes.append(self._dead_letter(channel, origin, errors))
         stored, *_ = await asyncio.gather(*writes)
         for index, reason in stored.rejected:  # the writer has dead-lettered these itself
             errors.append(ItemError(validated.indexes[index], None, f"not storable: {reason}"))
@@ -151,6 +154,47 @@ class Pipeline:
             self.metrics.items_rejected.labels(channel=channel, reason=e.field or "item").inc()
         errors.sort(key=lambda e: e.index)
         return IngestResult(stored.stored, errors)
+
+    async def _claim(self, items: Sequence[Any], device_field: str, admit_timeout: float | None) -> None:
+        """Learn which farm owns each device id the registry does not know, claiming new ones for the
+        farm sending them (retried while the database is away, for at most `admit_timeout`)."""
+        devices, known = self.registry.current.devices, self.owners.known
+        wanted: dict[str, int] = {}
+        for item in items:
+            if item is not None:
+                uid = getattr(item, device_field)
+                if uid not in devices and uid not in known and uid.isprintable():  # else refused by validation
+                    wanted.setdefault(uid, item.farm_id)
+        if not wanted:
+            return
+        delay, waited = 0.05, 0.0
+        while True:
+            try:
+                await self.owners.claim(self.pool, wanted)
+                return
+            except DATABASE_AWAY as exc:
+                if admit_timeout is not None and waited >= admit_timeout:
+                    raise WriterBusy(f"device owners cannot be read: {exc}") from None
+                log.warning("claiming %d device ids failed (%s); retrying in %.2fs", len(wanted), exc, delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 5.0)
+
+    async def _dead_letter(self, channel: str, origin: Origin | Sequence[Origin], errors: list[ItemError]) -> None:
+        """One letter per message that had rejected items."""
+        by_message: dict[int, tuple[Origin, list[dict[str, object]]]] = {}
+        for e in sorted(errors, key=lambda e: e.index):
+            o = origin if isinstance(origin, Origin) else origin[e.index]
+            by_message.setdefault(id(o), (o, []))[1].append(e.as_json())
+        await self._store_letters(channel, [letter(channel, o.source, o.payload, errs, o.farm_id)
+                                            for o, errs in by_message.values()])
+
+    async def _store_letters(self, channel: str, letters: list[tuple]) -> None:
+        kept = [row for row in letters if self.allowance.admit(row)]
+        if len(kept) < len(letters):
+            self.metrics.input_not_stored.labels(channel=channel, reason="farm_hourly_cap").inc(len(letters) - len(kept))
+        if kept:
+            await self.dead_letters.write(kept, channel=channel, source=kept[0][2])
 
     async def _restore_baselines(self, kind: str, rows: list[tuple]) -> None:
         """Baselines of the batch's devices and cows not seen since start, from the aggregates (one
@@ -175,7 +219,7 @@ class Pipeline:
                 async with self.pool.acquire() as conn:
                     await alerts.store(conn, decisions)
                 break
-            except (*CONNECTION_ERRORS, asyncpg.PostgresConnectionError, asyncpg.OperatorInterventionError) as exc:
+            except DATABASE_AWAY as exc:
                 log.warning("storing %d alerts failed (%s); retrying in %.2fs",
                             len(decisions.raised) + len(decisions.resolved), exc, delay)
                 await asyncio.sleep(delay)
@@ -194,13 +238,15 @@ class Pipeline:
     async def _watch_alerts(self, interval: float) -> None:
         """Reload rules edited in Odoo, take up resolutions made there, judge silent devices."""
         watermark = datetime.now(UTC)
+        changed = self.changes.events["alert_rules"]
         while not self._stop.is_set():
+            changed.clear()
             try:
                 async with self.pool.acquire() as conn:
-                    fingerprint = await conn.fetchval(alerts.RULES_FINGERPRINT)
-                    if fingerprint != self._rules_fingerprint:
+                    seen = await registry.version(conn, "alert_rules")
+                    if seen != self._rules_version:
                         self.alerting.set_rules(await alerts.load_rules(conn))
-                        self._rules_fingerprint = fingerprint
+                        self._rules_version = seen
                         log.info("alert rules reloaded: %d active", len(self.alerting.rules))
                     watermark = await alerts.pull_resolutions(conn, self.alerting, watermark)
                 now = datetime.now(UTC).timestamp()
@@ -210,15 +256,11 @@ class Pipeline:
                 self.alerting.prune()
             except RETRYABLE_ERRORS as exc:
                 log.warning("alert housekeeping failed, retrying: %s", exc)
-            try:
-                await asyncio.wait_for(self._stop.wait(), interval)
-            except TimeoutError:
-                pass
+            await first_of(self._stop, changed, timeout=interval)
 
     async def reject(self, *, channel: str, source: str, payload: bytes | str, reason: str,
-                     field_name: str | None = None) -> None:
-        """Dead-letter a whole message that could not be taken apart (bad body, topic, auth)."""
-        error = msgspec.json.encode([{"field": field_name, "error": reason}]).decode()
+                     field_name: str | None = None, farm_id: int | None = None) -> None:
+        """Dead-letter a whole message that could not be taken apart (bad body, topic, payload)."""
         self.metrics.items_rejected.labels(channel=channel, reason=field_name or "message").inc()
-        await self.dead_letters.write([(datetime.now(UTC), channel, source, payload_text(payload), error)],
-                                      channel=channel, source=source)
+        await self._store_letters(channel, [letter(channel, source, payload, [{"field": field_name, "error": reason}],
+                                                   farm_id)])

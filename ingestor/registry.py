@@ -1,8 +1,11 @@
-"""The farm registry (devices, animals, zones, API keys) that Odoo pushes into `iot`, held in memory.
+"""The farm registry (devices, animals, zones, API keys) that Odoo pushes into `iot`, held in memory,
+and the owners of device ids the registry does not know.
 
 Validation looks every reading up here, so it must be a dict lookup, not a query. The tables are
-small (thousands of rows); the cache reloads them whole when their fingerprint (row counts and
-newest `updated_at`) changes, checked every few seconds: an edit in Odoo applies without a restart.
+small (thousands of rows); the cache reloads them whole when their change counter
+(`iot.change_counters`, moved by a trigger on any statement, visible at commit) moves: at once on
+the NOTIFY that the trigger sends, and by polling every few seconds should a notification be lost.
+A revoked key stops working within a second.
 """
 
 from __future__ import annotations
@@ -43,18 +46,19 @@ class Registry:
     devices: dict[str, Device] = field(default_factory=dict)
     animals: dict[int, int] = field(default_factory=dict)  # animal id -> farm id
     animal_codes: dict[tuple[int, str], int] = field(default_factory=dict)  # (farm, ear tag) -> animal id
-    animal_tags: dict[str, int] = field(default_factory=dict)  # RFID EPC -> animal id
+    animal_tags: dict[str, tuple[int, int]] = field(default_factory=dict)  # RFID EPC -> (farm id, animal id)
     animal_names: dict[int, str] = field(default_factory=dict)  # animal id -> ear tag, for alert messages
     zones: dict[int, int] = field(default_factory=dict)  # zone id -> farm id
     api_keys: dict[str, ApiKey] = field(default_factory=dict)  # key prefix -> key
 
 
-_FINGERPRINT = """
-    SELECT (SELECT (count(*), max(updated_at))::text FROM iot.devices)
-        || (SELECT (count(*), max(updated_at))::text FROM iot.animals)
-        || (SELECT (count(*), max(updated_at))::text FROM iot.zones)
-        || (SELECT (count(*), max(updated_at))::text FROM iot.api_keys)
-"""
+CHANGES_CHANNEL = "iot_changes"  # NOTIFY payload: the counter that moved
+_VERSION = "SELECT version FROM iot.change_counters WHERE name = $1"
+
+
+async def version(conn: asyncpg.Connection, name: str) -> int:
+    """The change counter of `name` (registry, alert_rules) as committed now."""
+    return await conn.fetchval(_VERSION, name)
 
 API_KEY_COLUMNS = "id, key_prefix, key_hash, farm_ids, scopes, revoked_at IS NOT NULL AS revoked"
 
@@ -76,7 +80,7 @@ async def load(conn: asyncpg.Connection) -> Registry:
         devices={r[0]: Device(*r[1:]) for r in devices},
         animals={r[0]: r[1] for r in animals},
         animal_codes={(r[1], r[2]): r[0] for r in animals},
-        animal_tags={r[3]: r[0] for r in animals if r[3]},
+        animal_tags={r[3].upper(): (r[1], r[0]) for r in animals if r[3]},
         animal_names={r[0]: r[2] for r in animals},
         zones={r[0]: r[1] for r in zones},
         api_keys={r["key_prefix"]: api_key_from_row(r) for r in keys},
@@ -88,27 +92,104 @@ class RegistryCache:
 
     def __init__(self) -> None:
         self.current = Registry()
-        self._fingerprint: str | None = None
+        self._version: int | None = None
 
     async def refresh(self, conn: asyncpg.Connection) -> bool:
         """Reload when the registry changed; return whether it did."""
-        fingerprint = await conn.fetchval(_FINGERPRINT)
-        if fingerprint == self._fingerprint:
+        seen = await version(conn, "registry")
+        if seen == self._version:
             return False
         self.current = await load(conn)
-        self._fingerprint = fingerprint
+        self._version = seen  # read before the load: a change committed in between reloads again
         log.info("registry loaded: %d devices, %d animals, %d zones, %d API keys", len(self.current.devices),
                  len(self.current.animals), len(self.current.zones), len(self.current.api_keys))
         return True
 
-    async def run(self, pool: asyncpg.Pool, interval: float, stop: asyncio.Event) -> None:
+    async def run(self, pool: asyncpg.Pool, interval: float, stop: asyncio.Event, changed: asyncio.Event) -> None:
+        """Reload when `changed` is set (a notification) or every `interval` seconds."""
         while not stop.is_set():
+            changed.clear()
             try:
                 async with pool.acquire() as conn:
                     await self.refresh(conn)
             except RETRYABLE_ERRORS as exc:
                 log.warning("registry refresh failed, keeping the last one: %s", exc)
+            await first_of(stop, changed, timeout=interval)
+
+
+async def first_of(*events: asyncio.Event, timeout: float | None) -> None:
+    """Wait until one of `events` is set or `timeout` passes (None: no timeout)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()
+
+
+class ChangeListener:
+    """LISTENs on its own connection for the change counters' notifications and sets one event per
+    counter; reconnects when the connection is lost (the pollers cover the gap)."""
+
+    def __init__(self, dsn: str, names: tuple[str, ...] = ("registry", "alert_rules")) -> None:
+        self.dsn = dsn
+        self.events = {name: asyncio.Event() for name in names}
+
+    def _notified(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        event = self.events.get(payload)
+        if event is not None:
+            event.set()
+
+    async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
+        while not stop.is_set():
+            conn = None
             try:
-                await asyncio.wait_for(stop.wait(), interval)
-            except TimeoutError:
-                pass
+                conn = await asyncpg.connect(self.dsn)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _c: lost.set())
+                await conn.add_listener(CHANGES_CHANNEL, self._notified)
+                for event in self.events.values():  # anything missed while not listening
+                    event.set()
+                await first_of(stop, lost, timeout=None)
+            except RETRYABLE_ERRORS as exc:
+                log.warning("listening for registry changes failed (%s); polling until it is back", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
+            await first_of(stop, timeout=retry_s)
+
+
+# Claimed ids remembered at once; past this many the memory is cleared and claims are read again.
+MAX_REMEMBERED_OWNERS = 100_000
+
+_CLAIM = """
+    WITH wanted AS (SELECT * FROM unnest($1::text[], $2::integer[]) AS w(device_uid, farm_id)),
+    claimed AS (INSERT INTO iot.device_owners (device_uid, farm_id) SELECT device_uid, farm_id FROM wanted
+                ON CONFLICT DO NOTHING RETURNING device_uid, farm_id)
+    SELECT device_uid, farm_id FROM claimed
+    UNION ALL
+    SELECT o.device_uid, o.farm_id FROM iot.device_owners o JOIN wanted USING (device_uid)
+"""
+
+
+class DeviceOwners:
+    """The farm of each device id the registry does not know: the first farm to send it."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, int] = {}
+
+    async def claim(self, pool: asyncpg.Pool, wanted: dict[str, int]) -> None:
+        """Learn the owners of `wanted` ids (id -> the farm sending it), claiming those no farm has."""
+        missing = {uid: farm for uid, farm in wanted.items() if uid not in self.known}
+        if not missing:
+            return
+        if len(self.known) + len(missing) > MAX_REMEMBERED_OWNERS:
+            self.known = {}
+        async with pool.acquire() as conn:
+            # A claim racing ours commits while our statement waits, unseen by its snapshot: ask again.
+            for _ in range(3):
+                rows = await conn.fetch(_CLAIM, list(missing), list(missing.values()))
+                self.known.update(rows)
+                missing = {uid: farm for uid, farm in missing.items() if uid not in self.known}
+                if not missing:
+                    return

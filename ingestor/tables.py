@@ -29,7 +29,7 @@ MILK_PRODUCTION = Table(
      "flow_rate_kg_min", "conductivity_ms", "temperature_c", "blood_detected", "fat_percent",
      "protein_percent", "lactose_percent", "somatic_cell_count", "mastitis_risk_score", "session_start",
      "session_end", "milking_type", "meter_status", "metadata"),
-    ("session_id", "time"),
+    ("farm_id", "session_id", "time"),  # farms number their sessions independently
 )
 
 RFID_EVENTS = Table(
@@ -40,7 +40,7 @@ RFID_EVENTS = Table(
 
 DEAD_LETTERS = Table(
     "dead_letters",
-    ("received_at", "channel", "topic_or_path", "payload", "errors"),
+    ("received_at", "channel", "topic_or_path", "payload", "errors", "payload_bytes", "payload_sha256", "farm_id"),
     (),
 )
 

@@ -9,7 +9,7 @@ every rule is data in the tables below. Each rejection names the field and the r
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
@@ -23,6 +23,16 @@ from .registry import Registry
 RAW_RETENTION = timedelta(days=90)  # contract section 2: raw readings are kept 90 days
 MAX_FUTURE = timedelta(minutes=5)  # contract section 5: device clocks may run a little ahead
 SUSPECT_MARGIN = 0.02  # a value within 2% of the range's span from an edge is stored as `suspect`
+# A row's metadata, as stored (JSON): notes of a device, not a payload of its own. Bounded so that the
+# rows a writer holds (max_pending_rows) bound its memory.
+MAX_METADATA_BYTES = 1024
+# Every stored value, ranged metric or not, has |value| <= MAX_MAGNITUDE. Rollups sum values and
+# their squares (avg, stddev) over many rows in float8: bounded so, a bucket of even a billion rows
+# stays far inside float8's 1.8e308 (1e18 per square), where 1e300 and 0 in one bucket overflow and
+# fail every refresh. The database enforces the same bound on every row, whoever writes it: the
+# CHECK constraints of timescale/0009_value_bounds.sql repeat this number (tests/test_poison.py
+# asserts that they agree).
+MAX_MAGNITUDE = 1e9
 
 
 @dataclass(frozen=True)
@@ -149,10 +159,23 @@ class Validated:
 
 @dataclass(frozen=True)
 class Context:
-    """What validation of one batch depends on besides the readings."""
+    """What validation of one batch depends on besides the readings: the registry, and the farm that
+    claimed each device id the registry does not know (registry.DeviceOwners)."""
 
     registry: Registry
+    owners: Mapping[str, int] = field(default_factory=dict)
     now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def not_yours(kind: str, ident: object) -> str:
+    """The refusal of an id another farm has: it names neither that farm nor whether the id is registered."""
+    return f"{kind} {ident} belongs to another farm"
+
+
+def device_farm(uid: str, ctx: Context) -> int | None:
+    """The farm a device id belongs to: the registry's, else the farm that first sent it."""
+    device = ctx.registry.devices.get(uid)
+    return device.farm_id if device is not None else ctx.owners.get(uid)
 
 
 def decode_error(index: int, exc: msgspec.MsgspecError) -> ItemError:
@@ -234,6 +257,7 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
     now = ctx.now
     oldest, newest = now - RAW_RETENTION, now + MAX_FUTURE
     devices, animal_ids, animal_codes = ctx.registry.devices, ctx.registry.animals, ctx.registry.animal_codes
+    zones, owners = ctx.registry.zones, ctx.owners
     encode = msgspec.json.encode
     for i, r in enumerate(items):
         if r is None:
@@ -262,17 +286,22 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
         animal, zone = r.animal_id, r.zone_id
         device = devices.get(r.device_uid)
         if device is None:
+            if owners.get(r.device_uid, r.farm_id) != r.farm_id:
+                errors.append(ItemError(i, "device_uid", not_yours("device", r.device_uid)))
+                continue
             quality = QUALITY_UNKNOWN_DEVICE
         else:
             if device.farm_id != r.farm_id:
-                errors.append(ItemError(i, "farm_id", f"device {r.device_uid} is registered to farm "
-                                                      f"{device.farm_id}, not {r.farm_id}"))
+                errors.append(ItemError(i, "device_uid", not_yours("device", r.device_uid)))
                 continue
             if device.gain != 1.0 or device.offset != 0.0:
                 meta = {**(meta or {}), "uncalibrated_value": value}
                 value = value * device.gain + device.offset
             animal = animal if animal is not None else device.animal_id
             zone = zone if zone is not None else device.zone_id
+        if zone is not None and zones.get(zone, r.farm_id) != r.farm_id:
+            errors.append(ItemError(i, "zone_id", not_yours("zone", zone)))
+            continue
         if isinstance(animal, str):
             if not animal.isprintable():
                 errors.append(ItemError(i, "animal_id", "contains control or unprintable characters"))
@@ -282,7 +311,7 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
                 meta = {**(meta or {}), "animal_code": code}
                 quality = quality if quality != QUALITY_VALID else QUALITY_UNKNOWN_ANIMAL
         elif animal is not None and animal_ids.get(animal, r.farm_id) != r.farm_id:
-            errors.append(ItemError(i, "animal_id", f"animal {animal} belongs to another farm"))
+            errors.append(ItemError(i, "animal_id", not_yours("animal", animal)))
             continue
         spec = METRICS.get(r.metric_name)
         try:
@@ -301,9 +330,15 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
             margin = (high - low) * SUSPECT_MARGIN
             if value < low + margin or value > high - margin:
                 quality = QUALITY_SUSPECT
+        elif not abs(value) <= MAX_MAGNITUDE:  # an unranged metric; NaN (after calibration) fails too
+            errors.append(ItemError(i, "metric_value", f"{value:g} is outside the bound of every value, "
+                                                       f"-{MAX_MAGNITUDE:g}..{MAX_MAGNITUDE:g}"))
+            continue
         metadata = "{}" if not meta else encode(meta).decode()
-        if "\\u0000" in metadata:
-            errors.append(ItemError(i, "metadata", "contains a NUL character, which cannot be stored"))
+        if len(metadata) > MAX_METADATA_BYTES or "\\u0000" in metadata:
+            errors.append(ItemError(i, "metadata", f"is over {MAX_METADATA_BYTES} bytes as JSON"
+                                    if len(metadata) > MAX_METADATA_BYTES
+                                    else "contains a NUL character, which cannot be stored"))
             continue
         rows.append((t, r.device_uid, r.device_type, r.farm_id, r.metric_name, value, unit, quality, False,
                      animal, zone, r.session_id, r.battery_level, r.signal_strength, metadata))
@@ -385,12 +420,20 @@ def _time_in_window(name: str, value: datetime | float | None, ctx: Context, def
 
 
 def _resolve_animal(animal: int | str | None, farm_id: int, registry: Registry, meta: dict) -> int | None:
+    """The registry id of an animal named by id or ear tag at `farm_id`; an id of another farm's animal is refused."""
     if isinstance(animal, str):
         found = registry.animal_codes.get((farm_id, animal))
         if found is None:
             meta["animal_code"] = animal
         return found
+    if animal is not None and registry.animals.get(animal, farm_id) != farm_id:
+        raise _Rejected("animal_id", not_yours("animal", animal))
     return animal
+
+
+def _check_device(name: str, kind: str, uid: str, farm_id: int, ctx: Context) -> None:
+    if device_farm(uid, ctx) not in (None, farm_id):
+        raise _Rejected(name, not_yours(kind, uid))
 
 
 def validate_milk(items: Sequence[MilkSession | None], ctx: Context) -> Validated:
@@ -407,15 +450,19 @@ def validate_milk(items: Sequence[MilkSession | None], ctx: Context) -> Validate
             start = None if m.session_start is None else _time_in_window("session_start", m.session_start, ctx, ctx.now)
             end = None if m.session_end is None else _time_in_window("session_end", m.session_end, ctx, ctx.now)
             t = _time_in_window("timestamp", m.timestamp, ctx, end or ctx.now)
+            _check_device("milk_meter_id", "milk meter", m.milk_meter_id, m.farm_id, ctx)
+            meta = dict(m.metadata or {})
+            animal = _resolve_animal(m.animal_id, m.farm_id, ctx.registry, meta)
+            metadata = msgspec.json.encode(meta).decode()
+            if len(metadata) > MAX_METADATA_BYTES:
+                raise _Rejected("metadata", f"is over {MAX_METADATA_BYTES} bytes as JSON")
         except _Rejected as r:
             out.errors.append(ItemError(i, r.field_name, r.reason))
             continue
-        meta = dict(m.metadata or {})
-        animal = _resolve_animal(m.animal_id, m.farm_id, ctx.registry, meta)
         out.rows.append((t, m.milk_meter_id, animal, m.farm_id, m.session_id, m.yield_kg, m.duration_seconds,
                          m.flow_rate_kg_min, m.conductivity_ms, m.temperature_c, m.blood_detected, m.fat_percent,
                          m.protein_percent, m.lactose_percent, m.somatic_cell_count, m.mastitis_risk_score,
-                         start, end, m.milking_type, m.meter_status, msgspec.json.encode(meta).decode()))
+                         start, end, m.milking_type, m.meter_status, metadata))
         out.indexes.append(i)
     return out
 
@@ -426,13 +473,17 @@ def validate_rfid(items: Sequence[RfidRead | None], ctx: Context) -> Validated:
     for i, r in enumerate(items):
         if r is None:
             continue
+        epc = r.tag_epc.upper()
         try:
             t = _time_in_window("timestamp", r.timestamp, ctx, ctx.now)
+            _check_device("reader_id", "reader", r.reader_id, r.farm_id, ctx)
+            tagged = ctx.registry.animal_tags.get(epc)
+            if tagged is not None and tagged[0] != r.farm_id:
+                raise _Rejected("tag_epc", not_yours("tag", epc))
+            animal = _resolve_animal(r.animal_id, r.farm_id, ctx.registry, {}) or (tagged and tagged[1])
         except _Rejected as e:
             out.errors.append(ItemError(i, e.field_name, e.reason))
             continue
-        epc = r.tag_epc.upper()
-        animal = _resolve_animal(r.animal_id, r.farm_id, ctx.registry, {}) or ctx.registry.animal_tags.get(epc)
         out.rows.append((t, r.reader_id, r.antenna_id, epc, animal, r.farm_id, r.rssi, r.direction, r.read_count))
         out.indexes.append(i)
     return out

@@ -23,11 +23,11 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import chain
 
 import asyncpg
 
+from .dead_letters import letter
 from .metrics import Metrics, build_metrics
 from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS
 from .tables import DEAD_LETTERS, Table
@@ -272,13 +272,14 @@ class Writer:
     async def _dead_letter(self, conn: asyncpg.Connection, subs: list[_Submission], rows: Sequence[Row],
                            rejected: list[tuple[int, str]]) -> None:
         offsets = list(_offsets(subs))
-        now = datetime.now(UTC)
         records = []
+        farm = self.table.columns.index("farm_id") if "farm_id" in self.table.columns else None
         for index, reason in rejected:
             sub = subs[bisect.bisect_right(offsets, index) - 1]
             payload = json.dumps(dict(zip(self.table.columns, rows[index], strict=True)), default=str)
-            errors = json.dumps([{"field": None, "error": f"not storable in {self.table.name}: {reason}"}])
-            records.append((now, sub.channel, sub.source, payload, errors))
+            records.append(letter(sub.channel, sub.source, payload,
+                                  [{"field": None, "error": f"not storable in {self.table.name}: {reason}"}],
+                                  None if farm is None else rows[index][farm]))
         await conn.copy_records_to_table(DEAD_LETTERS.name, schema_name="iot", records=records,
                                          columns=DEAD_LETTERS.columns)
         log.warning("dead-lettered %d of %d rows for %s, first: %s", len(rejected), len(rows),

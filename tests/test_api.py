@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -62,8 +63,12 @@ async def test_batch_keeps_valid_items_and_reports_each_bad_one(api: Api) -> Non
                                                                    (7, "device_type")]
     assert await stored(api) == 7
     letters = await api.dead_letters()
-    assert sorted(json.loads(d["errors"])[0]["index"] for d in letters) == [2, 5, 7]
-    assert any(json.loads(d["payload"]) == {"device_uid": "X"} for d in letters)  # kept as sent
+    assert len(letters) == 1  # one letter for the request, listing its bad items
+    assert [e["index"] for e in json.loads(letters[0]["errors"])] == [2, 5, 7]
+    assert json.loads(letters[0]["payload"]) == {"readings": items}  # the request, kept as sent
+    sent = letters[0]["payload"].encode()
+    assert letters[0]["payload_bytes"] == len(sent) and letters[0]["payload_sha256"] == hashlib.sha256(sent).hexdigest()
+    assert letters[0]["farm_id"] == 1
 
 
 async def test_resent_batch_is_stored_once_and_units_converted(api: Api) -> None:
@@ -101,12 +106,12 @@ async def test_keys_are_scoped_to_farms_and_to_read_or_write(api: Api) -> None:
         assert (await c.post("/api/v1/ingest/sensor", json=reading(farm_id=2, device_uid="F2"))).status_code == 202
     async with api.client(api.read_only_key) as c:
         assert (await c.post("/api/v1/ingest/sensor", json=reading())).status_code == 403
-        assert (await c.get("/api/v1/query/sensor/latest/F2")).status_code == 403  # farm 2's device
+        assert (await c.get("/api/v1/query/sensor/latest/F2")).status_code == 404  # farm 2's: as if unknown
     async with api.client() as c:
         assert (await c.post("/api/v1/ingest/sensor", json=reading())).status_code == 202
         assert (await c.get("/api/v1/query/sensor/latest/ENV-0")).status_code == 200
     async with api.client(api.farm2_key) as c:
-        assert (await c.get("/api/v1/query/sensor/latest/ENV-0")).status_code == 403
+        assert (await c.get("/api/v1/query/sensor/latest/ENV-0")).status_code == 404
     # a key's farms changed in place (as Odoo's push does): the registry sees it at its next refresh
     await api.pipeline.pool.execute("UPDATE iot.api_keys SET farm_ids = '{1,2}' WHERE farm_ids = '{2}'")
     async with api.pipeline.pool.acquire() as conn:
@@ -119,8 +124,10 @@ async def test_keys_are_scoped_to_farms_and_to_read_or_write(api: Api) -> None:
     async with api.client() as c:
         assert (await c.post("/api/v1/ingest/sensor", json=reading())).status_code == 401
     assert await stored(api, "SELECT count(*) FROM iot.sensor_data WHERE farm_id = 2") == 1
-    # every refused write left a dead letter: 401 x2, 403 x3 (farm 2 key x2, read-only), revoked 401
-    assert len(await api.dead_letters()) == 6
+    # every refused write of a known key left a dead letter: 403 x3 (farm 2 key x2, read-only); the
+    # three 401s (no key, a made-up key, a revoked key) are counted, never stored
+    assert len(await api.dead_letters()) == 3
+    assert api.pipeline.metrics.input_not_stored.labels(channel="http", reason="unauthenticated")._value.get() == 3
 
 
 async def test_transport_errors(api: Api) -> None:

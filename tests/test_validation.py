@@ -110,7 +110,7 @@ def test_unknown_device_and_animal_are_kept_and_labelled() -> None:
 
 def test_registry_disagreements_are_rejected_with_the_field() -> None:
     _, errors = one(device_uid="ENV-2", device_type="env_sensor", metric_name="temperature_c")
-    assert errors[0].field == "farm_id" and "registered to farm 2" in errors[0].reason
+    assert errors[0].field == "device_uid" and errors[0].reason == "device ENV-2 belongs to another farm"
     _, errors = one(device_uid="NEW-1", animal_id=8)
     assert errors[0].field == "animal_id"
 
