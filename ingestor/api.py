@@ -24,7 +24,7 @@ from fastapi import FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -69,8 +69,8 @@ class InflightBudget:
     """What request bodies being read and decoded cost at once, per client (API key) and in total,
     counted as bytes arrive; a request whose next chunk does not fit is turned away (503)."""
 
-    def __init__(self, limit: int, per_client: int) -> None:
-        self.limit, self.per_client, self.used = limit, per_client, 0
+    def __init__(self, limit: int, per_client: int, gauge: Gauge) -> None:
+        self.limit, self.per_client, self.used, self.gauge = limit, per_client, 0, gauge
         self.by_client: dict[str, int] = {}
 
     @asynccontextmanager
@@ -87,11 +87,13 @@ class InflightBudget:
             self.used += n
             self.by_client[client] = mine + n
             held += n
+            self.gauge.set(self.used)
 
         try:
             yield take
         finally:
             self.used -= held
+            self.gauge.set(self.used)
             left = self.by_client.get(client, 0) - held
             if left:
                 self.by_client[client] = left
@@ -112,7 +114,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     """The API over `pipeline` (started and stopped with the app when it is created here)."""
     owned = pipeline is None
     pipe = pipeline or Pipeline(settings)
-    budget = InflightBudget(settings.max_inflight_bytes, settings.max_client_inflight_bytes)
+    budget = InflightBudget(settings.max_inflight_bytes, settings.max_client_inflight_bytes,
+                            pipe.metrics.inflight_bytes)
     quiet = Throttled(log)
 
     subscriber = Subscriber(pipe, settings) if owned and settings.mqtt_enabled else None

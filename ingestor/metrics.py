@@ -29,6 +29,7 @@ class Metrics:
     http_seconds: Histogram
     alerts: Counter
     input_not_stored: Counter
+    inflight_bytes: Gauge
 
 
 def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
@@ -67,4 +68,6 @@ def build_metrics(registry: CollectorRegistry | None = None) -> Metrics:
         input_not_stored=Counter("smart_dairy_input_not_stored", "Rejected input counted but not dead-lettered: "
                                  "unauthenticated, or past its farm's hourly allowance", ["channel", "reason"],
                                  registry=r),
+        inflight_bytes=Gauge("smart_dairy_http_inflight_bytes", "What request bodies being read and decoded cost "
+                             "now (bytes received x api.DECODED_COST)", registry=r),
     )
