@@ -314,6 +314,8 @@ _M = {c: MILK_PRODUCTION.index(c) for c in ("time", "milk_meter_id", "animal_id"
 MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_ms", "somatic_cell_count",
                                                      "blood_detected", "mastitis_risk_score", "flow_rate_kg_min")}
 _time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
+_BATTERY, _SIGNAL = _S["battery_level"], _S["signal_strength"]
+_NEVER = -math.inf
 _DEVICE_SIGNALS = (("battery", None), ("signal_strength", None), ("missed_intervals", None))
 DEFAULT_INTERVAL_S = 300
 
@@ -353,7 +355,7 @@ class _Device:
         self.animal: int | None = None
         self.zone: int | None = None
         self.source = self.device_source = f"device:{farm}:{uid}"
-        self.last = -math.inf  # the newest reading's time
+        self.last = _NEVER  # the newest reading's time
         self.battery: int | None = None
         self.signal: int | None = None
         self.active = False
@@ -492,6 +494,7 @@ class Alerting:
                 new = _Device(uid, farm, device_type, interval or DEFAULT_INTERVAL_S)
                 devices[uid if device is None else (farm, uid)] = device = new
                 device.animal = device.zone = -1  # set below
+                self._note_active(device)  # an episode of its own may be going (taken up at a restart)
         if device.animal != animal or device.zone != zone:
             device.animal, device.zone = animal, zone
             device.source = source_key(farm, animal, zone, uid)  # its subject is made when a rule is judged
@@ -543,16 +546,19 @@ class Alerting:
         """A device's first reading at `t`, newer than any before: the farm's clock, the end of a
         silence, and its battery and signal, judged when either changed or an episode is going."""
         farm = device.farm
-        if t > self.clock.get(farm, -math.inf):
+        if t > self.clock.get(farm, _NEVER):
             self.clock[farm] = t
             self._received[farm] = wall
-        if t - device.last >= self._silence_gap * device.interval and device.last > -math.inf:
+        first = device.last == _NEVER
+        if not first and t - device.last >= self._silence_gap * device.interval:
             self._judge_silence(device, t, out, registry)  # as it stood just before this reading
             device.last = t
             self._judge_silence(device, t, out, registry)
         else:
             device.last = t
-        battery, signal = row[_S["battery_level"]], row[_S["signal_strength"]]
+            if first and device.active and self._silence_rules:  # an offline alert from before a restart
+                self._judge_silence(device, t, out, registry)
+        battery, signal = row[_BATTERY], row[_SIGNAL]
         changed = (battery is not None or signal is not None) and (battery != device.battery
                                                                    or signal != device.signal)
         if changed:
@@ -698,11 +704,15 @@ class Alerting:
         for source in self.signals.evict(clocks, self.idle_s):
             if not current.get(source):
                 current.pop(source, None)
+            kind, farm, ident = source.split(":", 2)
+            if kind == "animal" and ident.isdigit():  # her milk baselines are read again when she comes back
+                self.restored.discard((int(farm), int(ident)))
         busy = {source for _, source in self.engine.episodes}
         for key, device in list(self._devices.items()):
             if clocks.get(device.farm, -math.inf) - device.last > self.idle_s and device.device_source not in busy:
                 del self._devices[key]
                 self._devices_per_farm[device.farm] -= 1
+                self.restored.discard(device.uid)  # its baselines are read again when it comes back
                 signals = current.get(device.device_source)
                 if signals is not None:
                     for k in _DEVICE_SIGNALS:
@@ -852,7 +862,7 @@ async def restore_baselines(pool: Any, alerting: Alerting, kind: str, rows: Sequ
     start from the aggregates, in one query, before the batch is judged; wait for those another batch
     is looking up. A failed lookup is logged and tried again with their next batch. Returns the
     series seeded."""
-    if kind not in ("sensor", "milk") or not rows:
+    if kind not in ("sensor", "milk") or not rows or not alerting.rules:
         return 0
     wanted, pending = alerting.unseen(kind, rows)
     seeded = 0

@@ -259,23 +259,27 @@ async def test_old_and_foreign_alert_ids_in_the_table_do_not_stop_a_restart(prof
     conn = await asyncpg.connect(db)
     try:
         key = await apikeys.create(conn, [1])
-        for alert_id, animal in (("fever:animal:7:1700000000", 7),  # stored before sources named their farm
-                                 (f"fever:animal:1:8:{int(ago(60).timestamp())}", 8),
-                                 ("imported-from-the-old-system", 9)):
+        started = int(ago(60).timestamp())
+        for alert_id, kind, ident in (("fever:animal:7:1700000000", "animal", "7"),  # before sources named farms
+                                      (f"fever:animal:1:8:{started}", "animal", "8"),
+                                      ("imported-from-the-old-system", "animal", "9"),
+                                      (f"device_offline:device:1:COL-O10:{started}", "device", "COL-O10")):
             await conn.execute(
                 "INSERT INTO iot.alerts (time, alert_id, rule_code, farm_id, severity, category, source_type, "
-                "source_id, animal_id, message) VALUES ($1, $2, 'fever', 1, 'critical', 'health', 'animal', $3, $4, "
-                "'fever')", ago(60), alert_id, str(animal), animal)
+                "source_id, message) VALUES ($1, $2, $3, 1, 'critical', 'health', $4, $5, 'x')",
+                ago(60), alert_id, alert_id.split(":")[0] if kind == "device" else "fever", kind, ident)
     finally:
         await conn.close()
     server, task, url, pipeline = await start_api(db)
     api = Api(url, pipeline, db, key, "", "")
     try:
         await send(api, [reading("COL-O7", 1, "body_temperature_c", 38.6, ago(5), animal_id=7),
-                         reading("COL-O8", 1, "body_temperature_c", 38.6, ago(5), animal_id=8)])
+                         reading("COL-O8", 1, "body_temperature_c", 38.6, ago(5), animal_id=8),
+                         reading("COL-O10", 1, "body_temperature_c", 38.6, ago(5))])  # the device is back
         status = dict(await pipeline.pool.fetch("SELECT alert_id, status FROM iot.alerts"))
-        assert status == {"fever:animal:7:1700000000": "resolved", f"fever:animal:1:8:{int(ago(60).timestamp())}":
-                          "resolved", "imported-from-the-old-system": "open"}
+        assert status == {"fever:animal:7:1700000000": "resolved", f"fever:animal:1:8:{started}": "resolved",
+                          "imported-from-the-old-system": "open",
+                          f"device_offline:device:1:COL-O10:{started}": "resolved"}
     finally:
         server.should_exit = True
         await task
