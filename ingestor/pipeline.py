@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -158,15 +159,15 @@ class Pipeline:
     async def _claim(self, items: Sequence[Any], device_field: str, admit_timeout: float | None) -> None:
         """Learn which farm owns each device id the registry does not know, claiming new ones for the
         farm sending them (retried while the database is away, for at most `admit_timeout`)."""
-        devices, known = self.registry.current.devices, self.owners.known
-        wanted: dict[str, int] = {}
-        for item in items:
-            if item is not None:
-                uid = getattr(item, device_field)
-                if uid not in devices and uid not in known and uid.isprintable():  # else refused by validation
-                    wanted.setdefault(uid, item.farm_id)
-        if not wanted:
+        present = list(filter(None, items))
+        new = set(map(attrgetter(device_field), present)) - self.registry.current.devices.keys() - self.owners.known.keys()
+        if not new:  # the common case, decided by C-level set operations
             return
+        wanted: dict[str, int] = {}
+        for item in present:
+            uid = getattr(item, device_field)
+            if uid in new and uid.isprintable():  # an unprintable id is refused by validation
+                wanted.setdefault(uid, item.farm_id)
         delay, waited = 0.05, 0.0
         while True:
             try:

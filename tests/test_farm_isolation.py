@@ -15,6 +15,7 @@ import pytest
 from ingestor import apikeys
 
 from .conftest import Api
+from .test_mqtt import Ingest, broker, eventually, ingest, publish  # noqa: F401 (fixtures)
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 A, B = 1, 2  # the api fixture's farm1 key is A's, farm2_key is B's
@@ -145,6 +146,27 @@ async def test_two_farms_may_number_their_milking_sessions_alike(api: Api) -> No
                              json=milk(farm_id=B, milk_meter_id="B-MM2"))).status_code == 202
     rows = await api.pipeline.pool.fetch("SELECT farm_id, session_id FROM iot.milk_production_realtime ORDER BY 1")
     assert [tuple(r) for r in rows] == [(A, "S-1"), (B, "S-1")]
+
+
+async def test_cross_farm_matrix_over_mqtt(ingest: Ingest, broker: object) -> None:
+    """The same identifiers of farm B in messages published under farm A's topics: each message is
+    dead-lettered naming the field, acknowledged, and nothing of it stored."""
+    async with ingest.pipeline.pool.acquire() as conn:
+        await conn.execute(REGISTRY_SQL)
+        await ingest.pipeline.registry.refresh(conn)
+    messages = [(t["topic"], json.dumps(t["payload"]).encode()) for channel, _, _, t, _ in ATTEMPTS
+                if channel == "telemetry"]
+    messages.append((f"dairy/farm/{A}/animal/COW-A/activity/telemetry",
+                     json.dumps({"device_id": "B-ENV", "activity_index": 5.0, "timestamp": NOW.isoformat()}).encode()))
+    await publish(broker, messages)  # type: ignore[arg-type]
+    pool = ingest.pipeline.pool
+    await eventually(lambda: ingest.subscriber.status.acknowledged >= len(messages), 30, "messages acknowledged")
+    letters = await pool.fetch("SELECT topic_or_path, errors FROM iot.dead_letters")
+    fields = sorted(json.loads(d["errors"])[0]["field"] for d in letters)
+    print(f"cross-farm matrix over MQTT: {len(messages)} attempted, {len(letters)} refused")
+    assert fields == sorted([field for channel, _, _, _, field in ATTEMPTS if channel == "telemetry"] + ["device_uid"])
+    for table in ("sensor_data", "milk_production_realtime", "rfid_events"):
+        assert await pool.fetchval(f"SELECT count(*) FROM iot.{table}") == 0  # noqa: S608 (fixed names)
 
 
 # --- revocation -----------------------------------------------------------------------------------
