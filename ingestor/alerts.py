@@ -707,7 +707,8 @@ class Alerting:
             kind, farm, ident = source.split(":", 2)
             if kind == "animal" and ident.isdigit():  # her milk baselines are read again when she comes back
                 self.restored.discard((int(farm), int(ident)))
-        busy = {source for _, source in self.engine.episodes}
+        episodes = self.engine.episodes
+        busy = {source for (_, source), e in episodes.items() if e.alert_id is not None}  # open alerts stay
         for key, device in list(self._devices.items()):
             if clocks.get(device.farm, -math.inf) - device.last > self.idle_s and device.device_source not in busy:
                 del self._devices[key]
@@ -725,6 +726,11 @@ class Alerting:
         for device in self._devices.values():
             live.add(device.source)
             live.add(device.device_source)
+        # An episode without an open alert (holding, or in its suppression) goes with its source.
+        for key in [k for k, e in episodes.items() if e.alert_id is None and k[1] not in live
+                    and k[1].rsplit(":", 1)[0] not in live]:
+            del episodes[key]
+        live.update(source for _, source in episodes)
         self._subjects = {k: v for k, v in self._subjects.items() if k in live}
 
     def state_size(self) -> dict[str, int]:
@@ -857,11 +863,13 @@ async def restore(conn: Any, alerting: Alerting, registry: Registry) -> tuple[in
     return taken, 0
 
 
-async def restore_baselines(pool: Any, alerting: Alerting, kind: str, rows: Sequence[tuple]) -> int:
+async def restore_baselines(pool: Any, alerting: Alerting, kind: str, rows: Sequence[tuple], *,
+                            timeout: float | None = None) -> int:
     """Seed the baselines of a batch's devices (sensor rows) or cows (milk rows) not looked up since
     start from the aggregates, in one query, before the batch is judged; wait for those another batch
-    is looking up. A failed lookup is logged and tried again with their next batch. Returns the
-    series seeded."""
+    is looking up. A lookup that fails or takes longer than `timeout` (the aggregates locked, say) is
+    logged, and tried again with their next batch: this one is judged without. Returns the series
+    seeded."""
     if kind not in ("sensor", "milk") or not rows or not alerting.rules:
         return 0
     wanted, pending = alerting.unseen(kind, rows)
@@ -872,10 +880,11 @@ async def restore_baselines(pool: Any, alerting: Alerting, kind: str, rows: Sequ
         for key in keys:
             alerting.restoring[key] = done
         try:
-            seeded = await _seed(pool, alerting, kind, rows, wanted)
-        except RETRYABLE_ERRORS as exc:
+            async with asyncio.timeout(timeout):
+                seeded = await _seed(pool, alerting, kind, rows, wanted)
+        except (*RETRYABLE_ERRORS, TimeoutError) as exc:
             log.warning("baselines of %d %s could not be read (%s); tried again with their next readings",
-                        len(wanted), "devices" if kind == "sensor" else "cows", exc)
+                        len(wanted), "devices" if kind == "sensor" else "cows", exc or f"not within {timeout} s")
             for key in keys:
                 alerting.restored.discard(key)
         finally:

@@ -199,9 +199,10 @@ class Pipeline:
 
     async def _restore_baselines(self, kind: str, rows: list[tuple]) -> None:
         """Baselines of the batch's devices and cows not seen since start, from the aggregates (one
-        query), before their readings are judged: none are read at start."""
+        query, waited for at most the admission timeout), before their readings are judged: none are
+        read at start."""
         if self.alerting is not None and rows:
-            await alerts.restore_baselines(self.pool, self.alerting, kind, rows)
+            await alerts.restore_baselines(self.pool, self.alerting, kind, rows, timeout=self.settings.admit_timeout)
 
     def _judge(self, kind: str, rows: list[tuple]) -> Decisions | None:
         if self.alerting is None or not rows:

@@ -201,17 +201,21 @@ def test_series_and_devices_are_capped_per_farm_and_in_all() -> None:
 def test_idle_series_and_devices_are_forgotten_but_not_an_open_episode() -> None:
     fever = Rule("FEVERISH", "health", "critical", (alerts.Condition("value", "temp", ">=", 39.5),),
                  suppression_s=0.0)
-    alerting = Alerting([fever], idle_half_lives=1.0)  # a day of the farm's clock: 3 days
+    warm = Rule("WARM_FOR_A_DAY", "health", "info", (alerts.Condition("value", "temp", ">=", 39.0),),
+                duration_s=86_400.0)
+    alerting = Alerting([fever, warm], idle_half_lives=1.0)  # a half-life of the farm's clock: 3 days
     alerting.observe_readings([collar("IDLE", 1, 1, START), collar("SICK", 1, 2, START, "temp", 40.0),
-                               collar("BUSY", 1, 3, START)], Registry())
+                               collar("BUSY", 1, 3, START), collar("WARM", 1, 4, START, "temp", 39.2)], Registry())
     alerting.observe_readings([collar("BUSY", 1, 3, START + timedelta(days=2))], Registry())
     alerting.evict()
-    assert alerting.state_size()["series"] == 3  # two days idle: kept
+    assert alerting.state_size()["series"] == 4  # two days idle: kept
     alerting.observe_readings([collar("BUSY", 1, 3, START + timedelta(days=4))], Registry())
     alerting.evict()
     assert set(alerting.signals.baselines._state) == {("animal:1:3", "activity_index")}
     assert set(alerting.signals.current) == {"animal:1:3"}
-    # The sick cow's series went, her open alert stays: it still resolves when she reports again.
+    # The warm cow's episode, which raised nothing, went with her series; the sick cow's open alert
+    # stays (and what it needs): it still resolves when she reports again.
+    assert ("WARM_FOR_A_DAY", "animal:1:4") not in alerting.engine.episodes
     assert alerting.engine.open_alert("FEVERISH", "animal:1:2") is not None
     assert set(alerting._subjects) == {"animal:1:2", "device:1:BUSY"}
     back = alerting.observe_readings([collar("SICK", 1, 2, START + timedelta(days=4, hours=1), "temp", 38.6)],
