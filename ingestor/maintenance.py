@@ -6,14 +6,22 @@ background job run by its scheduler as failed ("cannot drop portal "" while it i
 although the job's work commits, while the same job run in the foreground with CALL run_job()
 succeeds. So this loop runs the policies of the `iot` tables itself, each on its own schedule; where
 the scheduler works the extra runs are harmless (policies are idempotent).
+
+Values cannot poison shared work (issue 13): a refresh that fails because of what some rows hold
+must not stop every other bucket. On the postgres profile iot.refresh_rollup isolates the failing
+bucket itself (migration 0009). On the timescale profile a continuous aggregate's refresh job stops
+at the first part of its window that fails, so when it fails with an error the data causes, the
+window is refreshed again a day at a time; a day that still fails is dead-lettered and skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -23,15 +31,26 @@ from .storage import RETRYABLE_ERRORS, stored_profile
 log = logging.getLogger(__name__)
 
 
+# SQLSTATE classes of errors caused by the data rather than the moment: data exceptions (overflow,
+# division by zero...), integrity violations and program limits, as iot.refresh_rollup and the
+# writer's dead letters. Other errors (lock timeouts, a restarting server) fail the step as a whole
+# and it is retried on the next pass.
+_DATA_ERROR_CLASSES = ("22", "23", "54")
+_DAY = timedelta(days=1)
+
 _DEAD_LETTER_RETENTION = """WITH d AS (DELETE FROM iot.dead_letters WHERE received_at < now() - interval '90 days'
                                       RETURNING 1) SELECT count(*) FROM d"""
 
 
 @dataclass
 class MaintenanceState:
-    """What the loop remembers between passes: when each TimescaleDB job last ran."""
+    """What the loop remembers between passes: when each TimescaleDB job last ran, and which days
+    of which continuous aggregate it reported as failing."""
 
     job_last_run: dict[int, float] = field(default_factory=dict)
+    # (continuous aggregate, day) already dead-lettered by this loop: a poisoned day is retried on
+    # every pass (a fix of its rows is picked up), but reported once.
+    dead_lettered: set[tuple[str, datetime]] = field(default_factory=set)
 
 
 @dataclass
@@ -81,9 +100,18 @@ async def _scalar(conn: asyncpg.Connection, sql: str, template: str) -> str:
 
 
 async def _refresh(conn: asyncpg.Connection, name: str) -> str:
-    row = await conn.fetchrow("SELECT * FROM iot.refresh_rollup($1)", name)
+    conn.add_log_listener(_log_server_warning)  # a bucket skipped (and dead-lettered) is a WARNING
+    try:
+        row = await conn.fetchrow("SELECT * FROM iot.refresh_rollup($1)", name)
+    finally:
+        conn.remove_log_listener(_log_server_warning)
     return (f"{row['ranges']} ranges, {row['buckets_written']} buckets written, "
             f"watermark {row['watermark']:%Y-%m-%d %H:%M}")
+
+
+def _log_server_warning(_conn: asyncpg.Connection, message: asyncpg.PostgresLogMessage) -> None:
+    if message.severity == "WARNING":
+        log.warning("server: %s", message.message)
 
 
 async def _timescale_steps(conn: asyncpg.Connection, state: MaintenanceState, force: bool):
@@ -94,9 +122,11 @@ async def _timescale_steps(conn: asyncpg.Connection, state: MaintenanceState, fo
                SELECT materialization_hypertable_name FROM timescaledb_information.continuous_aggregates
                WHERE view_schema = 'iot')
            ORDER BY proc_name DESC, job_id""")  # refresh before compression and retention
-    names = dict(await conn.fetch(
-        """SELECT materialization_hypertable_name, view_name
-           FROM timescaledb_information.continuous_aggregates WHERE view_schema = 'iot'"""))
+    caggs = await conn.fetch(
+        """SELECT materialization_hypertable_name, view_name, format('%I.%I', view_schema, view_name) AS qualified
+           FROM timescaledb_information.continuous_aggregates WHERE view_schema = 'iot'""")
+    names = {c["materialization_hypertable_name"]: c["view_name"] for c in caggs}
+    qualified = {c["view_name"]: c["qualified"] for c in caggs}
     now = time.monotonic()
     for job in jobs:
         last = state.job_last_run.get(job["job_id"])
@@ -104,13 +134,82 @@ async def _timescale_steps(conn: asyncpg.Connection, state: MaintenanceState, fo
             continue
         state.job_last_run[job["job_id"]] = now
         target = names.get(job["hypertable_name"], job["hypertable_name"])
-        yield f"{job['proc_name'].removeprefix('policy_')}:{target}", _run_job(conn, job["job_id"])
+        work = (_refresh_cagg(conn, job["job_id"], target, qualified[target], state)
+                if job["proc_name"] == "policy_refresh_continuous_aggregate" else _run_job(conn, job["job_id"]))
+        yield f"{job['proc_name'].removeprefix('policy_')}:{target}", work
     yield "retention:dead_letters", _scalar(conn, _DEAD_LETTER_RETENTION, "{} dead letters deleted")
 
 
 async def _run_job(conn: asyncpg.Connection, job_id: int) -> str:
     await conn.execute("CALL run_job($1)", job_id)
     return f"job {job_id} ran"
+
+
+def _caused_by_data(exc: asyncpg.PostgresError) -> bool:
+    return (exc.sqlstate or "")[:2] in _DATA_ERROR_CLASSES
+
+
+async def _refresh_cagg(conn: asyncpg.Connection, job_id: int, name: str, view: str, state: MaintenanceState) -> str:
+    """Run a continuous aggregate's refresh job; when the data makes it fail, refresh its window a
+    day at a time instead, dead-lettering and skipping the days that fail.
+
+    The job refreshes its window (start_offset..end_offset ago) newest first and stops at the first
+    batch that fails: one bucket that cannot be computed (1e300 and 0 overflow stddev) would leave
+    every older bucket of every farm unrefreshed, late data invisible. A day is the unit used here:
+    it suits every rollup (15 minutes to a day), and refresh_continuous_aggregate cannot select a
+    farm, so a poisoned day is skipped for all farms while the other days are materialized. The day
+    keeps its invalidation, so each pass retries it (about 0.1 s for 90 days of no-op refreshes).
+    """
+    try:
+        return await _run_job(conn, job_id)
+    except asyncpg.PostgresError as exc:
+        if not _caused_by_data(exc):
+            raise
+        failure = exc
+    window = await conn.fetchrow(
+        """SELECT now() - (config->>'start_offset')::interval AS lo, now() - (config->>'end_offset')::interval AS hi
+           FROM timescaledb_information.jobs WHERE job_id = $1""", job_id)
+    if window is None or window["lo"] is None or window["hi"] is None:
+        raise failure  # no bounded window to walk
+    log.warning("refresh of %s failed (%s: %s); refreshing it a day at a time", name, failure.sqlstate, failure)
+    # Days start at midnight UTC, where time_bucket's buckets of 15 minutes, an hour and a day all
+    # start. The first day starts at or after the window's start, never before: the job's window
+    # starts at raw retention so that a refresh never erases buckets whose raw rows are gone.
+    lo, hi = window["lo"].astimezone(UTC), window["hi"].astimezone(UTC)
+    day = lo.replace(hour=0, minute=0, second=0, microsecond=0)
+    day = day if day == lo else day + _DAY
+    refreshed, skipped = 0, []
+    while day < hi:
+        end = min(day + _DAY, hi)
+        try:
+            await conn.execute("CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
+                               view, day, end)
+            refreshed += 1
+            state.dead_lettered.discard((name, day))
+        except asyncpg.PostgresError as exc:
+            if isinstance(exc, asyncpg.InvalidParameterValueError) and end < day + _DAY:
+                pass  # today so far holds no whole bucket of this rollup ("refresh window too small")
+            elif _caused_by_data(exc):
+                skipped.append(day)
+                await _dead_letter_day(conn, name, day, end, exc, state)
+            else:
+                raise
+        day += _DAY
+    return (f"job {job_id} failed ({failure.sqlstate}); refreshed a day at a time: {refreshed} days refreshed, "
+            f"{len(skipped)} skipped ({', '.join(f'{d:%Y-%m-%d}' for d in skipped) or 'none'})")
+
+
+async def _dead_letter_day(conn: asyncpg.Connection, name: str, day: datetime, end: datetime,
+                           exc: asyncpg.PostgresError, state: MaintenanceState) -> None:
+    log.warning("refresh of %s skipped the day %s..%s: %s: %s", name, day.isoformat(), end.isoformat(),
+                exc.sqlstate, exc)
+    if (name, day) in state.dead_lettered:
+        return
+    payload = json.dumps({"rollup": name, "bucket_start": day.isoformat(), "bucket_end": end.isoformat()})
+    errors = json.dumps([{"field": None, "sqlstate": exc.sqlstate, "error": str(exc)}])
+    await conn.execute("INSERT INTO iot.dead_letters (channel, topic_or_path, payload, errors) "
+                       "VALUES ('maintenance', $1, $2, $3::jsonb)", f"rollup:{name}", payload, errors)
+    state.dead_lettered.add((name, day))
 
 
 async def run_forever(dsn: str, interval: float, *, metrics: Metrics | None = None,
