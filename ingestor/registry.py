@@ -93,14 +93,17 @@ class RegistryCache:
     def __init__(self) -> None:
         self.current = Registry()
         self._version: int | None = None
+        # One reload at a time: a slower one begun earlier must not replace a newer registry.
+        self._lock = asyncio.Lock()
 
     async def refresh(self, conn: asyncpg.Connection) -> bool:
         """Reload when the registry changed; return whether it did."""
-        seen = await version(conn, "registry")
-        if seen == self._version:
-            return False
-        self.current = await load(conn)
-        self._version = seen  # read before the load: a change committed in between reloads again
+        async with self._lock:
+            seen = await version(conn, "registry")
+            if seen == self._version:
+                return False
+            self.current = await load(conn)
+            self._version = seen  # read before the load: a change committed in between reloads again
         log.info("registry loaded: %d devices, %d animals, %d zones, %d API keys", len(self.current.devices),
                  len(self.current.animals), len(self.current.zones), len(self.current.api_keys))
         return True
