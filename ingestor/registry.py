@@ -167,7 +167,8 @@ MAX_REMEMBERED_OWNERS = 100_000
 
 _CLAIM = """
     WITH wanted AS (SELECT * FROM unnest($1::text[], $2::integer[]) AS w(device_uid, farm_id)),
-    claimed AS (INSERT INTO iot.device_owners (device_uid, farm_id) SELECT device_uid, farm_id FROM wanted
+    claimed AS (INSERT INTO iot.device_owners (device_uid, farm_id)
+                SELECT device_uid, farm_id FROM wanted ORDER BY device_uid  -- one lock order for all claimers
                 ON CONFLICT DO NOTHING RETURNING device_uid, farm_id)
     SELECT device_uid, farm_id FROM claimed
     UNION ALL
@@ -191,7 +192,8 @@ class DeviceOwners:
         async with pool.acquire() as conn:
             # A claim racing ours commits while our statement waits, unseen by its snapshot: ask again.
             for _ in range(3):
-                rows = await conn.fetch(_CLAIM, list(missing), list(missing.values()))
+                ids = sorted(missing)
+                rows = await conn.fetch(_CLAIM, ids, [missing[uid] for uid in ids])
                 self.known.update(rows)
                 missing = {uid: farm for uid, farm in missing.items() if uid not in self.known}
                 if not missing:

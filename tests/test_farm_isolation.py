@@ -249,3 +249,14 @@ async def test_a_farm_cannot_fill_the_disk_with_rejections(api: Api) -> None:
     assert per_farm[A] <= 200_000 and B in per_farm  # A's flood did not use up B's allowance
     dropped = api.pipeline.metrics.input_not_stored.labels(channel="http", reason="farm_hourly_cap")._value.get()
     assert dropped > 0
+
+
+async def test_concurrent_claims_of_the_same_new_ids_never_deadlock(api: Api) -> None:
+    """Batches bringing the same new device ids in different orders claim them at once."""
+    for round_ in range(5):
+        ids = [f"NEW-{round_}-{i}" for i in range(300)]
+        bodies = [{"readings": [reading(device_uid=uid) for uid in order]} for order in (ids, ids[::-1], ids[150:] + ids[:150])]
+        async with api.client() as c:
+            answers = await asyncio.gather(*(c.post("/api/v1/ingest/sensor/batch", json=b) for b in bodies))
+        assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:200] for r in answers]
+        assert all(r.json()["accepted"] == 300 for r in answers)
