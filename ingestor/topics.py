@@ -8,6 +8,8 @@ topic win over the payload's; a disagreement is recorded in the rows' metadata.
 from __future__ import annotations
 
 import functools
+import re
+import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -27,6 +29,16 @@ TOPICS: dict[str, str] = {
 ALERT_TOPIC = "dairy/farm/{farm_id}/alert/{severity}/{category}"
 INT_LEVELS = frozenset({"farm_id", "barn_id", "zone_id", "parlor_id", "stall_id"})
 _PATTERNS = {kind: pattern.split("/") for kind, pattern in TOPICS.items()}
+# Integer levels: canonical ASCII decimal, 1 to 2**31 - 1 (the int4 ids of the tables). No sign, no
+# leading zero, no other digits: str.isdigit() and int() also take '¹', '١' or '１', and '01' is not
+# the same topic as '1' to a broker's ACL.
+_INT_LEVEL = re.compile(r"[1-9][0-9]{0,9}")
+INT_MAX = 2**31 - 1
+# String id levels (device, sensor, animal, gate ids): validation's ID (printable ASCII, no space,
+# 1-64 characters), matched whole, and without MQTT's wildcards '+' and '#' ('/' separates levels).
+_ID_LEVEL = re.compile(typing.get_args(ID)[1].pattern)
+_WILDCARDS = frozenset("+#")
+MAX_TOPIC_CHARS = 1024  # far above the longest valid topic; longer ones are refused before splitting
 
 
 def subscriptions(group: str = "") -> list[str]:
@@ -39,10 +51,36 @@ class TopicError(ValueError):
     """The topic is not one of contract section 4's."""
 
 
+def _show(value: str, limit: int = 80) -> str:
+    """A level or topic as quoted in an error, bounded whatever was sent."""
+    return repr(value) if len(value) <= limit else f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def parse_int_level(name: str, value: str) -> int:
+    """A topic's integer level; raises TopicError unless `value` is a canonical ASCII integer in int32 > 0."""
+    if _INT_LEVEL.fullmatch(value) is None or int(value) > INT_MAX:
+        raise TopicError(f"topic level {name} must be a positive integer (ASCII digits, no sign or leading zero, "
+                         f"at most {INT_MAX}), got {_show(value)}")
+    return int(value)
+
+
+def parse_id_level(name: str, value: str) -> str:
+    """A topic's string id level; raises TopicError unless it is printable ASCII without space, '+' or
+    '#', 1-64 characters (validation's ID)."""
+    if _ID_LEVEL.fullmatch(value) is None or not _WILDCARDS.isdisjoint(value):
+        raise TopicError(f"topic level {name} must be 1-64 printable ASCII characters without space, '+' or '#', "
+                         f"got {_show(value)}")
+    return value
+
+
 @functools.lru_cache(maxsize=65_536)  # a farm's devices publish to the same few thousand topics
 def parse_topic(topic: str) -> tuple[str, dict[str, Any]]:
-    """(kind, identifiers) of a topic; raises TopicError naming what does not match. The identifiers
-    are shared between calls: read them, never change them."""
+    """(kind, identifiers) of a topic; raises TopicError (and nothing else) naming what does not
+    match. The identifiers are shared between calls: read them, never change them."""
+    if not isinstance(topic, str):
+        raise TopicError(f"a topic is text, got {type(topic).__name__}")
+    if len(topic) > MAX_TOPIC_CHARS:
+        raise TopicError(f"topic of {len(topic)} characters; no valid topic has more than {MAX_TOPIC_CHARS}")
     levels = topic.split("/")
     for kind, parts in _PATTERNS.items():
         if len(parts) != len(levels) or any(p != v for p, v in zip(parts, levels, strict=True) if p[0] != "{"):
@@ -51,16 +89,9 @@ def parse_topic(topic: str) -> tuple[str, dict[str, Any]]:
         for p, v in zip(parts, levels, strict=True):
             if p[0] == "{":
                 name = p[1:-1]
-                if name in INT_LEVELS:
-                    if not v.isdigit() or not 0 < int(v) < 2**31:
-                        raise TopicError(f"topic level {name} must be a positive integer, got {v!r}")
-                    ids[name] = int(v)
-                elif not v or len(v) > 64 or not v.isprintable():
-                    raise TopicError(f"topic level {name} is not a valid identifier: {v!r}")
-                else:
-                    ids[name] = v
+                ids[name] = parse_int_level(name, v) if name in INT_LEVELS else parse_id_level(name, v)
         return kind, ids
-    raise TopicError(f"unknown topic {topic!r}: expected one of {', '.join(TOPICS.values())}")
+    raise TopicError(f"unknown topic {_show(topic)}: expected one of {', '.join(TOPICS.values())}")
 
 
 _WHEN = datetime | float | None
@@ -175,7 +206,8 @@ def _meta(disagreements: tuple[tuple[str, Any, Any], ...] = (), **extra: Any) ->
 
 
 def decode_message(topic: str, payload: bytes) -> Mapped:
-    """Map a message to rows; raises TopicError or msgspec errors naming what is wrong."""
+    """Map a message to rows; raises TopicError or msgspec errors naming what is wrong. (Callers
+    taking untrusted messages also catch anything else: a message must never stop them.)"""
     kind, ids = parse_topic(topic)
     p = _DECODERS[kind].decode(payload)
     farm = ids["farm_id"]
