@@ -140,6 +140,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                   description="Ingest and query a dairy farm's sensor readings. Send `X-API-Key`.",
                   lifespan=lifespan)
     app.state.pipeline = pipe
+    app.state.subscriber = subscriber
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -389,7 +390,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
 
     @app.get("/health", tags=["operations"])
     async def health() -> Response:
-        """Database and broker state, storage profile, queue depth and writer lag; 503 when the database is down."""
+        """Database and broker state, storage profile, queue depth and writer lag; 503 with the reason when
+        the database is down or the MQTT subscriber's processing loop has failed (until it is back)."""
         started = time.perf_counter()
         try:
             async with asyncio.timeout(1.0):
@@ -400,10 +402,17 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             database = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         broker = (subscriber.status.as_json() if subscriber is not None
                   else await _probe_broker(settings.mqtt_host, settings.mqtt_port))
-        body = {"status": "ok" if database["ok"] else "unavailable", "database": database, "broker": broker,
+        # The broker being away is reported, not unhealthy (the subscriber reconnects by itself); its
+        # processing loop failing is: MQTT ingestion stops until the restarted loop is back.
+        reasons = [f"database: {database['error']}"] if not database["ok"] else []
+        if subscriber is not None and subscriber.status.failure:
+            reasons.append(f"MQTT subscriber: {subscriber.status.failure}")
+        body = {"status": "unavailable" if reasons else "ok", "database": database, "broker": broker,
                 "storage_profile": pipe.profile, "queue_depth": pipe.pending_rows,
                 "writer_lag_seconds": round(pipe.lag_seconds, 3)}
-        return _json(200 if database["ok"] else 503, body)
+        if reasons:
+            body["reason"] = "; ".join(reasons)
+        return _json(503 if reasons else 200, body)
 
     @app.get("/metrics", tags=["operations"])
     async def metrics() -> Response:

@@ -21,8 +21,17 @@ class Settings(BaseSettings):
     # we are away; ingestor processes sharing a group need distinct ids.
     mqtt_client_id: str = "smart-dairy-ingestor"
     # Unacknowledged messages the broker may send at once (MQTT 5 Receive Maximum): the largest batch
-    # a burst can form while the previous one commits, and the bound on what is held in memory.
+    # a burst can form while the previous one commits. It bounds messages; the two below bound bytes.
     mqtt_receive_maximum: int = Field(10_000, ge=1, le=65_535)
+    # The largest MQTT packet we take (MQTT 5 Maximum Packet Size, sent in CONNECT): the broker drops
+    # bigger messages for us instead of sending them. A telemetry message is well under 1 KiB.
+    mqtt_max_packet_bytes: int = Field(256 << 10, ge=1024, le=268_435_455)
+    # Bytes of received messages waiting for the asyncio side; past it paho's thread stops reading the
+    # socket (TCP backpressure to the broker) until the batch is taken. At most twice this is held:
+    # one batch being stored, one gathering.
+    mqtt_max_buffer_bytes: int = Field(32 << 20, ge=64 << 10)
+    # Seconds between PINGREQs on a quiet connection; the broker drops us after 1.5 times this unheard.
+    mqtt_keepalive: int = Field(30, ge=1, le=65_535)
     mqtt_enabled: bool = True
     migrations_dir: Path = DEFAULT_MIGRATIONS
     # Writer: a batch is flushed when it holds batch_rows rows or its oldest row waited batch_delay s.
