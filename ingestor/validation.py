@@ -93,9 +93,11 @@ QUALITY_VALID = "valid"
 
 # --- the wire shape -----------------------------------------------------------------------------
 
-ID = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$", description="printable ASCII, 1-64 chars")]
-NAME = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
-EPC = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f]{8,64}$")]
+# msgspec searches with Python's re, where `$` also matches before a final newline: `(?!\n)` refuses
+# "COW-1\n" in both Python's and JSON Schema's regex dialects (\Z is Python's alone).
+ID = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}(?!\n)$", description="printable ASCII, 1-64 chars")]
+NAME = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.\-]{1,64}(?!\n)$")]
+EPC = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f]{8,64}(?!\n)$")]
 _SHORT = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\x00]*$")]
 _INT32 = Annotated[int, msgspec.Meta(ge=1, le=2_147_483_647)]
 
