@@ -340,7 +340,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
     # A key reads its own farms' rows only: another farm's device is as unknown as one that never
     # existed (the same 404, the same empty range), so no key can list another farm's device ids.
 
-    @app.get("/api/v1/query/sensor/latest/{device_uid}", tags=["query"], responses={404: {"description": "unknown device"}})
+    @app.get("/api/v1/query/sensor/latest/{device_uid}", tags=["query"],
+             responses={404: {"description": "unknown device"}})
     async def latest(request: Request, device_uid: Annotated[str, Path(pattern=_PRINTABLE)]) -> Response:
         """The newest reading of each metric of a device."""
         key = await authorise(request, "read")

@@ -11,8 +11,8 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from operator import attrgetter
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
 import asyncpg
@@ -20,9 +20,9 @@ import asyncpg
 from . import alerts, maintenance, registry
 from .alerts import Alerting, Decisions
 from .config import Settings
+from .dead_letters import Allowance, letter
 from .device_state import DeviceStates
 from .metrics import Metrics, build_metrics
-from .dead_letters import Allowance, letter
 from .registry import ChangeListener, DeviceOwners, RegistryCache, first_of
 from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS, stored_profile
 from .tables import DEAD_LETTERS, MILK_PRODUCTION, RFID_EVENTS, SENSOR_DATA, Table
@@ -160,7 +160,8 @@ class Pipeline:
         """Learn which farm owns each device id the registry does not know, claiming new ones for the
         farm sending them (retried while the database is away, for at most `admit_timeout`)."""
         present = list(filter(None, items))
-        new = set(map(attrgetter(device_field), present)) - self.registry.current.devices.keys() - self.owners.known.keys()
+        new = (set(map(attrgetter(device_field), present)) - self.registry.current.devices.keys()
+               - self.owners.known.keys())
         if not new:  # the common case, decided by C-level set operations
             return
         wanted: dict[str, int] = {}
@@ -193,7 +194,8 @@ class Pipeline:
     async def _store_letters(self, channel: str, letters: list[tuple]) -> None:
         kept = [row for row in letters if self.allowance.admit(row)]
         if len(kept) < len(letters):
-            self.metrics.input_not_stored.labels(channel=channel, reason="farm_hourly_cap").inc(len(letters) - len(kept))
+            dropped = len(letters) - len(kept)
+            self.metrics.input_not_stored.labels(channel=channel, reason="farm_hourly_cap").inc(dropped)
         if kept:
             await self.dead_letters.write(kept, channel=channel, source=kept[0][2])
 

@@ -149,7 +149,7 @@ class ChangeListener:
             try:
                 conn = await asyncpg.connect(self.dsn)
                 lost = asyncio.Event()
-                conn.add_termination_listener(lambda _c: lost.set())
+                conn.add_termination_listener(lambda _c, lost=lost: lost.set())
                 await conn.add_listener(CHANGES_CHANNEL, self._notified)
                 for event in self.events.values():  # anything missed while not listening
                     event.set()

@@ -7,9 +7,11 @@ copy, far faster than migrating) and drops its clone afterwards.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +20,12 @@ import httpx
 import pytest
 import uvicorn
 
-from ingestor import apikeys, storage
+from ingestor import alerts, apikeys, storage
+from ingestor.alerts import Rule
 from ingestor.api import create_app
 from ingestor.config import Settings
+from ingestor.loadgen import Broker
+from ingestor.mqtt import Subscriber
 from ingestor.pipeline import Pipeline
 
 ADMIN_DSN = os.environ.get("SMART_DAIRY_TEST_ADMIN_DSN", "postgresql://localhost/postgres")
@@ -190,3 +195,65 @@ async def api(db: str, request: pytest.FixtureRequest) -> AsyncIterator[Api]:
     finally:
         server.should_exit = True
         await task
+
+
+# --- polling, the MQTT path and the alert rules, shared by several test modules -------------------
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60,
+                     what: str = "condition") -> None:
+    """Poll `check` until it holds (a readiness condition, not a delay), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not await _value(check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not reached within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> AsyncIterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@dataclass
+class Ingest:
+    pipeline: Pipeline
+    subscriber: Subscriber
+
+    async def count(self, table: str = "sensor_data") -> int:
+        return await self.pipeline.pool.fetchval(f"SELECT count(*) FROM iot.{table}")  # noqa: S608 (fixed names)
+
+
+@pytest.fixture
+async def ingest(db: str, broker: Broker) -> AsyncIterator[Ingest]:
+    settings = Settings(dsn=db, mqtt_port=broker.port, mqtt_client_id=f"test-{os.getpid()}-{time.monotonic_ns()}")
+    pipeline = Pipeline(settings, background=False)
+    await pipeline.start()
+    subscriber = Subscriber(pipeline, settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(subscriber.run(stop))
+    await eventually(lambda: subscriber.status.connected, 10, "subscriber connected")
+    try:
+        yield Ingest(pipeline, subscriber)
+    finally:
+        stop.set()
+        await task
+        await pipeline.stop()
+
+
+async def _value(result: bool | Awaitable[bool]) -> bool:
+    return await result if inspect.isawaitable(result) else result
+
+
+@pytest.fixture
+async def rules(db: str) -> list[Rule]:
+    conn = await asyncpg.connect(db)
+    try:
+        return await alerts.load_rules(conn)
+    finally:
+        await conn.close()

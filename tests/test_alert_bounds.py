@@ -21,11 +21,11 @@ import pytest
 from ingestor import alerts, apikeys
 from ingestor.alerts import Alerting, Decisions, Rule
 from ingestor.loadgen import peak_rss_mb, running_server
-from ingestor.registry import Device, Registry
+from ingestor.registry import Registry
 from ingestor.tables import SENSOR_DATA
 
-from .conftest import Api, start_api
-from .test_mqtt import eventually
+from .conftest import Api, eventually, start_api
+from .test_detectors import REGISTRY, START
 
 FAST = pytest.mark.api_settings(registry_interval=0.1)
 NOW = datetime.now(UTC).replace(microsecond=0)
@@ -120,19 +120,6 @@ async def test_a_reading_three_hours_late_neither_ends_a_fever_nor_becomes_the_c
     assert (ended["alert_id"], ended["status"], ended["resolved_at"]) == (fever["alert_id"], "resolved", ago(15))
 
 
-START = datetime(2026, 1, 1, tzinfo=UTC)
-REGISTRY = Registry(devices={"COL-1": Device(1, "collar", 1, None, 1.0, 0.0, 900),
-                             "COL-2": Device(1, "collar", 2, None, 1.0, 0.0, 900)},
-                    animal_names={1: "COW-00001", 2: "COW-00002"})
-
-
-@pytest.fixture
-async def rules(db: str) -> list[Rule]:
-    conn = await asyncpg.connect(db)
-    try:
-        return await alerts.load_rules(conn)
-    finally:
-        await conn.close()
 
 
 def sensor(t: datetime, device: str, animal: int, metric: str, value: float, battery: int, signal: int) -> tuple:

@@ -19,8 +19,8 @@ from ingestor.alerts import alert_id, source_of
 from ingestor.config import Settings
 from ingestor.loadgen import Broker
 
-from .conftest import Api, start_api
-from .test_mqtt import broker, eventually, ingest, publish  # noqa: F401 (fixtures)
+from .conftest import Api, eventually, start_api
+from .test_mqtt import publish
 
 FAST = pytest.mark.api_settings(registry_interval=0.1)
 NOW = datetime.now(UTC).replace(microsecond=0)

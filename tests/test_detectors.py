@@ -6,11 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import numpy as np
-import pytest
 
-from ingestor import alerts
 from ingestor.alerts import Alerting, Decisions, Rule
 from ingestor.registry import Device, Registry
 
@@ -18,15 +15,6 @@ START = datetime(2026, 1, 1, tzinfo=UTC)
 REGISTRY = Registry(devices={"COL-1": Device(1, "collar", 1, None, 1.0, 0.0, 900),
                              "COL-2": Device(1, "collar", 2, None, 1.0, 0.0, 900)},
                     animal_names={1: "COW-00001", 2: "COW-00002"})
-
-
-@pytest.fixture
-async def rules(db: str) -> list[Rule]:
-    conn = await asyncpg.connect(db)
-    try:
-        return await alerts.load_rules(conn)
-    finally:
-        await conn.close()
 
 
 def sensor(t: datetime, metric: str, value: float, *, device: str = "COL-1", animal: int | None = 1,

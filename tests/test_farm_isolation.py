@@ -12,10 +12,8 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from ingestor import apikeys
-
-from .conftest import Api
-from .test_mqtt import Ingest, broker, eventually, ingest, publish  # noqa: F401 (fixtures)
+from .conftest import Api, Ingest, eventually
+from .test_mqtt import publish
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 A, B = 1, 2  # the api fixture's farm1 key is A's, farm2_key is B's
@@ -102,12 +100,14 @@ async def test_cross_farm_matrix_every_id_kind_through_every_channel_is_refused(
         unknown = await a.get("/api/v1/query/sensor/latest/NO-SUCH-DEVICE")
         for uid in ("B-ENV", "B-LOOSE"):
             r = await a.get(f"/api/v1/query/sensor/latest/{uid}")
-            assert (r.status_code, r.json()["detail"].replace(uid, "?")) == (
-                unknown.status_code, unknown.json()["detail"].replace("NO-SUCH-DEVICE", "?")) == (404, "unknown device '?'")
+            answer = (r.status_code, r.json()["detail"].replace(uid, "?"))
+            assert answer == (unknown.status_code, unknown.json()["detail"].replace("NO-SUCH-DEVICE", "?"))
+            assert answer == (404, "unknown device '?'")
             for aggregation in ("raw", "hourly"):
                 r = await a.get("/api/v1/query/sensor/range", params={
                     "device_uid": uid, "metric_name": "temperature_c", "aggregation": aggregation,
-                    "start_time": (NOW - timedelta(days=1)).isoformat(), "end_time": (NOW + timedelta(hours=1)).isoformat()})
+                    "start_time": (NOW - timedelta(days=1)).isoformat(),
+                    "end_time": (NOW + timedelta(hours=1)).isoformat()})
                 assert r.status_code == 200 and r.json()["data"] == []
             refused["read"] += 1
     after = await api.pipeline.pool.fetchval("SELECT count(*) FROM iot.sensor_data WHERE farm_id = $1", B)
@@ -255,7 +255,8 @@ async def test_concurrent_claims_of_the_same_new_ids_never_deadlock(api: Api) ->
     """Batches bringing the same new device ids in different orders claim them at once."""
     for round_ in range(5):
         ids = [f"NEW-{round_}-{i}" for i in range(300)]
-        bodies = [{"readings": [reading(device_uid=uid) for uid in order]} for order in (ids, ids[::-1], ids[150:] + ids[:150])]
+        orders = (ids, ids[::-1], ids[150:] + ids[:150])
+        bodies = [{"readings": [reading(device_uid=uid) for uid in order]} for order in orders]
         async with api.client() as c:
             answers = await asyncio.gather(*(c.post("/api/v1/ingest/sensor/batch", json=b) for b in bodies))
         assert [r.status_code for r in answers] == [200, 200, 200], [r.text[:200] for r in answers]

@@ -5,14 +5,10 @@ two ingestors sharing the load)."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
-import os
 import signal
 import subprocess
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -27,19 +23,10 @@ from ingestor.loadgen import Broker, Publisher, running_server, wait_subscribed
 from ingestor.mqtt import Subscriber
 from ingestor.pipeline import Pipeline
 
+from .conftest import Ingest, eventually
 from .test_writer_restart import restart_command
 
 NOW = datetime.now(UTC).replace(microsecond=0)
-
-
-async def eventually(check: Callable[[], bool | Awaitable[bool]], timeout: float = 60,
-                     what: str = "condition") -> None:
-    """Poll `check` until it holds (a readiness condition, not a delay), or fail after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while not await _value(check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout} s")
-        await asyncio.sleep(0.05)
 
 
 def collar_messages(n: int, prefix: str = "T") -> list[tuple[str, bytes]]:
@@ -48,46 +35,6 @@ def collar_messages(n: int, prefix: str = "T") -> list[tuple[str, bytes]]:
              msgspec.json.encode({"device_id": f"{prefix}-{i % 50}", "activity_index": float(i % 700),
                                   "timestamp": (NOW - timedelta(seconds=i // 50)).isoformat()}))
             for i in range(n)]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> AsyncIterator[Broker]:
-    b = Broker(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
-
-
-@dataclass
-class Ingest:
-    pipeline: Pipeline
-    subscriber: Subscriber
-
-    async def count(self, table: str = "sensor_data") -> int:
-        return await self.pipeline.pool.fetchval(f"SELECT count(*) FROM iot.{table}")  # noqa: S608 (fixed names)
-
-
-@pytest.fixture
-async def ingest(db: str, broker: Broker) -> AsyncIterator[Ingest]:
-    settings = Settings(dsn=db, mqtt_port=broker.port, mqtt_client_id=f"test-{os.getpid()}-{time.monotonic_ns()}")
-    pipeline = Pipeline(settings, background=False)
-    await pipeline.start()
-    subscriber = Subscriber(pipeline, settings)
-    stop = asyncio.Event()
-    task = asyncio.create_task(subscriber.run(stop))
-    await eventually(lambda: subscriber.status.connected, 10, "subscriber connected")
-    try:
-        yield Ingest(pipeline, subscriber)
-    finally:
-        stop.set()
-        await task
-        await pipeline.stop()
-
-
-async def _value(result: bool | Awaitable[bool]) -> bool:
-    return await result if inspect.isawaitable(result) else result
 
 
 async def publish(broker: Broker, messages: list[tuple[str, bytes]], client_id: str = "test-publisher") -> None:

@@ -21,7 +21,6 @@ from pathlib import Path
 import asyncpg
 import httpx
 import msgspec
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -33,8 +32,8 @@ from ingestor.tables import SENSOR_DATA
 from ingestor.topics import INT_LEVELS, TOPICS, TopicError, decode_message, parse_topic
 from ingestor.writer import Writer
 
-from .conftest import start_api
-from .test_mqtt import NOW, collar_messages, eventually, publish
+from .conftest import eventually, start_api
+from .test_mqtt import NOW, collar_messages, publish
 
 INT_MAX = 2**31 - 1
 ND_DIGITS = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd"]
@@ -160,16 +159,6 @@ def test_decode_message_raises_only_what_the_subscriber_names(topic: str, payloa
         decode_message(topic, payload)
     except (TopicError, msgspec.MsgspecError):
         pass
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    b = Broker(tmp_path)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 @contextlib.asynccontextmanager
