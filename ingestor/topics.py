@@ -27,6 +27,7 @@ TOPICS: dict[str, str] = {
     "status": "system/farm/{farm_id}/device/{device_id}/status",
 }
 ALERT_TOPIC = "dairy/farm/{farm_id}/alert/{severity}/{category}"
+ENV_SENSOR = "env_sensor"  # the device type of every environment topic's sender (built-in rules scope on it)
 INT_LEVELS = frozenset({"farm_id", "barn_id", "zone_id", "parlor_id", "stall_id"})
 _PATTERNS = {kind: pattern.split("/") for kind, pattern in TOPICS.items()}
 # Integer levels: canonical ASCII decimal, 1 to 2**31 - 1 (the int4 ids of the tables). No sign, no
@@ -214,9 +215,10 @@ def decode_message(topic: str, payload: bytes) -> Mapped:
     out = Mapped()
     if kind == "environment":
         uid = ids["sensor_id"]
+        # The topic says what the device is (a zone's climate sensor); the barn follows from the zone.
         meta = _meta((("device_id", uid, p.device_id), ("farm_id", farm, p.farm_id),
-                      ("zone_id", ids["zone_id"], p.zone_id)))  # the barn follows from the zone
-        out.readings = [Reading(device_uid=uid, device_type=p.sensor_type or "env_sensor", farm_id=farm,
+                      ("zone_id", ids["zone_id"], p.zone_id), ("sensor_type", ENV_SENSOR, p.sensor_type)))
+        out.readings = [Reading(device_uid=uid, device_type=ENV_SENSOR, farm_id=farm,
                                 metric_name=name, metric_value=value, timestamp=p.timestamp, zone_id=ids["zone_id"],
                                 battery_level=p.battery_level, signal_strength=p.signal_strength, metadata=meta)
                         for name, value in p.readings.items()]

@@ -285,7 +285,7 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
             continue
         meta = r.metadata
         quality = QUALITY_VALID
-        animal, zone = r.animal_id, r.zone_id
+        animal, zone, device_type = r.animal_id, r.zone_id, r.device_type
         device = devices.get(r.device_uid)
         if device is None:
             if owners.get(r.device_uid, r.farm_id) != r.farm_id:
@@ -301,6 +301,7 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
                 value = value * device.gain + device.offset
             animal = animal if animal is not None else device.animal_id
             zone = zone if zone is not None else device.zone_id
+            device_type = device.device_type  # the registry's, whatever a payload calls itself
         if zone is not None and zones.get(zone, r.farm_id) != r.farm_id:
             errors.append(ItemError(i, "zone_id", not_yours("zone", zone)))
             continue
@@ -342,7 +343,7 @@ def validate_readings(items: Sequence[Reading | None], ctx: Context) -> Validate
                                     if len(metadata) > MAX_METADATA_BYTES
                                     else "contains a NUL character, which cannot be stored"))
             continue
-        rows.append((t, r.device_uid, r.device_type, r.farm_id, r.metric_name, value, unit, quality, False,
+        rows.append((t, r.device_uid, device_type, r.farm_id, r.metric_name, value, unit, quality, False,
                      animal, zone, r.session_id, r.battery_level, r.signal_strength, metadata))
         indexes.append(i)
     return out

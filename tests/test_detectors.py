@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import numpy as np
 
 from ingestor.alerts import Alerting, Decisions, Rule
 from ingestor.registry import Device, Registry
+from ingestor.topics import decode_message
+from ingestor.validation import Context, validate_readings
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 REGISTRY = Registry(devices={"COL-1": Device(1, "collar", 1, None, 1.0, 0.0, 900),
@@ -159,3 +162,17 @@ def test_anomaly_is_five_standard_deviations_from_the_series_baseline(rules: lis
     far = feed(alerting, [sensor(after(2, 15), "eating_minutes", 400)])  # 12 sd
     assert raised(far, anomaly=True) == ["anomaly"]
     assert far[0].raised[0][1].startswith("anomaly:animal:1:1:eating_minutes:")  # rule:source (farm 1, cow 1):metric
+
+
+def test_heat_stress_of_a_sensor_whose_payload_calls_itself_environmental(rules: list[Rule]) -> None:
+    """Seed 003 §11.2's climate payload says "sensor_type": "environmental"; the heat-stress rule is
+    scoped to env_sensor. The type comes from the topic and the registry, never the payload."""
+    registry = Registry(devices={"ENV-Z3": Device(1, "env_sensor", None, 3, 1.0, 0.0, 300)}, zones={3: 1})
+    topic, rows = "dairy/farm/1/barn/1/zone/3/sensor/ENV-Z3/telemetry", []
+    for t in every(5, 1):
+        payload = msgspec.json.encode({"timestamp": t.isoformat(), "device_id": "ENV-Z3",
+                                       "sensor_type": "environmental",
+                                       "readings": {"temperature_c": 30.0, "humidity_percent": 70.0}})
+        rows += validate_readings(decode_message(topic, payload).readings, Context(registry, now=t)).rows
+    assert {r[2] for r in rows} == {"env_sensor"}
+    assert raised([Alerting(rules).observe_readings(rows, registry)]) == ["heat_stress"]

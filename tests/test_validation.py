@@ -176,6 +176,17 @@ def test_environment_payload_gives_one_reading_per_key_and_records_disagreement(
     assert mapped.readings[0].metadata["payload_disagrees_with_topic"] == {"device_id": "OTHER"}
 
 
+def test_a_registered_device_has_the_registry_type_whatever_its_payload_says() -> None:
+    rows, errors = one(device_type="environmental")  # COL-1 is a collar in the registry
+    assert errors == [] and rows[0][COL["device_type"]] == "collar"
+    rows, _ = one(device_uid="NEW-1", device_type="gadget")  # nothing else is known of an unregistered one
+    assert rows[0][COL["device_type"]] == "gadget"
+    env = decode_message("dairy/farm/1/barn/1/zone/3/sensor/ENV-9/telemetry", msgspec.json.encode(
+        {"sensor_type": "environmental", "readings": {"temperature_c": 22.5}}))
+    assert env.readings[0].device_type == "env_sensor"
+    assert env.readings[0].metadata["payload_disagrees_with_topic"] == {"sensor_type": "environmental"}
+
+
 def test_collar_milking_rfid_and_status_payloads() -> None:
     collar = decode_message("dairy/farm/1/animal/COW-7/activity/telemetry", msgspec.json.encode(
         {"device_id": "COL-1", "animal_id": "COW-8", "activity_index": 45, "rumination_minutes": 420,
