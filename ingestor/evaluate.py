@@ -51,6 +51,12 @@ DETECTORS = (
     Detector("milk_yield", ("yield_drop",), ("yield_drop", "mastitis"), timedelta(hours=26)),
     Detector("device_offline", ("device_offline",), ("device_failure",), timedelta(hours=2)),
 )
+# Individual-health alerts (the alert burden, contract section 7: target <= 2 false per 100 cow-days):
+# alerts about a cow in the categories of 0007_builtin_alert_rules.sql that concern her health,
+# reproduction or milk. Device (offline, battery, signal) and heat-stress (zone) alerts are not.
+INDIVIDUAL_CATEGORIES = frozenset({"reproduction", "health", "mastitis", "production", "anomaly"})
+COW_EVENT_KINDS = ("oestrus", "fever", "mastitis", "rumination_drop", "yield_drop")  # what is wrong with a cow
+BURDEN_TARGET = 2.0  # false individual-health alerts per 100 cow-days
 # Baselines settle over a cow's first day on the farm (analytics.SETTLED_SPAN_S): events that begin
 # then are not scored, as a farm would not expect its first day judged against a baseline.
 WARM_UP = timedelta(days=1)
@@ -89,29 +95,94 @@ def _source(event: herd.Event, farm: int) -> str:
     return f"animal:{herd.animal_id(farm, event.cow)}"
 
 
-def score(events: Sequence[herd.Event], alerts: Sequence[asyncpg.Record], farm: int, cows: int,
-          start: datetime, end: datetime) -> list[Score]:
-    """Recall, precision and median delay per detector; specificity per cow-day for mastitis."""
+def _matches(alert: asyncpg.Record, by_source: dict[tuple[str, str], list[herd.Event]],
+             kinds: Sequence[str], grace: dict[str, timedelta], end: datetime) -> list[herd.Event]:
+    """Events of `kinds` at the alert's source that its episode overlaps (an event of kind k counts
+    until its end plus grace[k])."""
+    source = f"{alert['source_type']}:{alert['source_id']}"
+    until = alert["resolved_at"] or end
+    return [e for k in kinds for e in by_source.get((k, source), ())
+            if alert["time"] <= e.end + grace[k] and until >= e.start - timedelta(minutes=30)]
+
+
+def _by_source(events: Sequence[herd.Event], farm: int) -> dict[tuple[str, str], list[herd.Event]]:
     by_source: dict[tuple[str, str], list[herd.Event]] = defaultdict(list)
     for e in events:
         by_source[(e.kind, _source(e, farm))].append(e)
+    return by_source
+
+
+@dataclass
+class Burden:
+    """False individual-health alerts over the cow-days scored."""
+
+    cow_days: float
+    false: dict[str, int]  # per detector (or rule without one), in DETECTORS order, then anomaly, then others
+    alerts: int = 0  # individual-health alerts scored
+
+    @property
+    def total(self) -> int:
+        return sum(self.false.values())
+
+    def per_100(self, n: int) -> float:
+        return 100 * n / self.cow_days if self.cow_days > 0 else float("nan")
+
+    def line(self) -> str:
+        rate = self.per_100(self.total)
+        verdict = "meets" if rate <= BURDEN_TARGET else "MISSES"  # nan (no cow-days) misses
+        parts = ", ".join(f"{name} {n} ({self.per_100(n):.2f})" for name, n in self.false.items())
+        return (f"false individual-health alerts: {rate:.2f} per 100 cow-days ({self.total} of {self.alerts} cow "
+                f"alerts over {self.cow_days:,.0f} cow-days; per detector, count (per 100 cow-days): {parts})  "
+                f"target <= {BURDEN_TARGET:g}: {verdict}")
+
+
+def burden(events: Sequence[herd.Event], alerts: Sequence[asyncpg.Record], farm: int, cows: int,
+           start: datetime, end: datetime) -> Burden:
+    """False individual-health alerts per 100 cow-days.
+
+    An alert counts when it is about a cow (source_type animal), its category is in
+    INDIVIDUAL_CATEGORIES and its episode began in the scoring window (after the warm-up day, before
+    the end); it is false when it matches no event its detector answers to (the same matching as
+    precision). Rules without a detector (anomaly, a farm's own rules) answer to any health event of
+    the cow. The denominator is cows x days of that window.
+    """
+    by_source = _by_source(events, farm)
+    detector_of = {rule: d for d in DETECTORS for rule in d.rules}
+    grace = {k: max((d.grace for d in DETECTORS if k in d.events), default=timedelta(0))
+             for k in herd.EVENT_KINDS}
+    window = start + WARM_UP
+    false: dict[str, int] = {d.name: 0 for d in DETECTORS
+                             if any(k in COW_EVENT_KINDS for k in d.events)}
+    false["anomaly"] = 0
+    scored = 0
+    for a in alerts:
+        if a["source_type"] != "animal" or a["category"] not in INDIVIDUAL_CATEGORIES or not (
+                window <= a["time"] <= end):
+            continue
+        scored += 1
+        d = detector_of.get(a["rule_code"])
+        name = d.name if d else a["rule_code"]
+        kinds = d.events if d else COW_EVENT_KINDS
+        if not _matches(a, by_source, kinds, grace if d is None else dict.fromkeys(kinds, d.grace), end):
+            false[name] = false.get(name, 0) + 1
+    days = max((end - window).total_seconds() / 86_400, 0.0)
+    return Burden(cows * days, false, scored)
+
+
+def score(events: Sequence[herd.Event], alerts: Sequence[asyncpg.Record], farm: int, cows: int,
+          start: datetime, end: datetime) -> list[Score]:
+    """Recall, precision and median delay per detector; specificity per cow-day for mastitis."""
+    by_source = _by_source(events, farm)
     scores = []
     for d in DETECTORS:
         mine = [a for a in alerts if a["rule_code"] in d.rules]
         s = Score(d, delays=[])
-
-        def matches(alert: asyncpg.Record, kinds: tuple[str, ...], d: Detector = d) -> list[herd.Event]:
-            """Events of `kinds` at the alert's source that its episode overlaps."""
-            source = f"{alert['source_type']}:{alert['source_id']}"
-            until = alert["resolved_at"] or end
-            return [e for k in kinds for e in by_source.get((k, source), ())
-                    if alert["time"] <= e.end + d.grace and until >= e.start - timedelta(minutes=30)]
-
+        grace = dict.fromkeys(d.events, d.grace)
         scored = [e for e in events if e.kind == d.events[0] and start + WARM_UP <= e.start <= end - d.grace]
         wanted = set(scored)
         found: dict[herd.Event, float] = {}
         for a in mine:
-            hits = matches(a, d.events)
+            hits = _matches(a, by_source, d.events, grace, end)
             s.true += bool(hits)
             raised = datetime.fromisoformat(msgspec.json.decode(a["details"])["raised_at"])
             for e in hits:
@@ -185,6 +256,7 @@ async def run(dsn: str, migrations: Path, *, cows: int, days: float, zones: int,
              f"(events scored: those that begin after the first {WARM_UP.days} day, while baselines settle, and "
              f"early enough to be found before the run ends)", HEADER]
     lines += [s.line() for s in score(events, alerts, farm, cows, start, end)]
+    lines.append(burden(events, alerts, farm, cows, start, end).line())
     lines.append(_busiest_hours(alerts, pipeline))
     if latencies:
         latencies.sort()
