@@ -313,6 +313,11 @@ _M = {c: MILK_PRODUCTION.index(c) for c in ("time", "milk_meter_id", "animal_id"
 # What a milking session says about the cow, as metrics the rules can name.
 MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_ms", "somatic_cell_count",
                                                      "blood_detected", "mastitis_risk_score", "flow_rate_kg_min")}
+# Blood in a cow's first milkings after calving is colostrum and udder oedema (capillaries breaking as
+# the udder fills), common in fresh heifers, not mastitis; that milk stays out of the tank anyway
+# (colostrum and transition milk, about the first 4-5 days). Blood within this long of the calving
+# date Odoo pushes is not a mastitis signal; conductivity and SCC still are.
+COLOSTRUM_S = 5 * 86_400.0
 _time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
 _BATTERY, _SIGNAL = _S["battery_level"], _S["signal_strength"]
 _NEVER = -math.inf
@@ -577,12 +582,16 @@ class Alerting:
             animal, meter, farm = row[ai], row[mi], row[fi]
             source = f"animal:{farm}:{animal}" if animal is not None else f"device:{farm}:{meter}"
             t = row[ti].timestamp()
+            calved = registry.calvings.get(animal)
+            fresh = calved is not None and 0 <= t - calved < COLOSTRUM_S
             touched: dict[str, Rule] = {}
             signals: SignalMap | None = None
             for metric, index in MILK_METRICS.items():
                 value = row[index]
                 if value is None:
                     continue
+                if fresh and metric == "blood_detected":
+                    value = False  # colostrum: the row keeps what the meter saw
                 folded = self.signals.fold(source, farm, t, metric, float(value))
                 if folded is not None:
                     signals = folded

@@ -121,6 +121,19 @@ def test_mastitis_from_conductivity_scc_or_blood(rules: list[Rule]) -> None:
         assert raised([alerting.observe_milk([session], REGISTRY)]) == expected, session
 
 
+def test_blood_in_a_fresh_cows_first_days_is_colostrum_not_mastitis(rules: list[Rule]) -> None:
+    calved = START.timestamp() + 2 * 86_400  # her milkings baseline began before: a cow in her 2nd lactation
+    fresh = Registry(devices=REGISTRY.devices, animal_names=REGISTRY.animal_names, calvings={1: calved})
+    for day, expected in ((3, []), (6.5, []), (7.5, ["mastitis"])):  # 1, 4.5 and 5.5 days after calving
+        alerting = Alerting(rules)
+        milkings(alerting)
+        session = milk(after(day), 15.0, 4.8, blood=True)
+        assert raised([alerting.observe_milk([session], fresh)]) == expected, day
+    alerting = Alerting(rules)
+    milkings(alerting)  # conductivity still tells, fresh or not
+    assert raised([alerting.observe_milk([milk(after(3), 14.5, 6.4, blood=True)], fresh)]) == ["mastitis"]
+
+
 def test_yield_drop_needs_two_low_milkings_in_a_row(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
     milkings(alerting)
