@@ -241,7 +241,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
                 request.state.body = b"".join(chunks)
             yield key, request.state.body
 
-    async def ingest(kind: str, items: list, request: Request, **kw: Any) -> IngestResult:
+    async def ingest(kind: str, items: list, **kw: Any) -> IngestResult:
         try:
             return await pipe.ingest(kind, items, channel="http", admit_timeout=settings.admit_timeout, **kw)
         except (WriterBusy, WriterClosed) as exc:
@@ -260,7 +260,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
         async with ingesting(request) as (key, body):
             item = decode_one(body, struct)
             farms_allowed(request, key, {item.farm_id})
-            result = await ingest(kind, [item], request, origin=origin(request, body))
+            result = await ingest(kind, [item], origin=origin(request, body))
         if result.errors:
             e = result.errors[0]
             raise ApiError(422, str(e), errors=[{"field": e.field, "error": str(e)}], dead_letter=False)
@@ -300,8 +300,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             if len(items) > MAX_BATCH:
                 raise ApiError(413, f"{len(items)} readings in one batch; at most {MAX_BATCH}")
             farms_allowed(request, key, {r.farm_id for r in items if r is not None})
-            result = await ingest("sensor", items, request, decode_errors=decode_errors,
-                                  origin=origin(request, body))
+            result = await ingest("sensor", items, decode_errors=decode_errors, origin=origin(request, body))
             return _json(200, {"accepted": result.accepted, "rejected": len(result.errors),
                                "errors": _item_errors(result.errors)})
 
@@ -330,7 +329,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> FastAPI:
             accepted, errors = 0, []
             for kind, items in (("sensor", mapped.readings), ("milk", mapped.milk), ("rfid", mapped.rfid)):
                 if items:
-                    result = await ingest(kind, items, request, origin=origin(request, body))
+                    result = await ingest(kind, items, origin=origin(request, body))
                     accepted += result.accepted
                     errors += result.errors
             return _json(200, {"accepted": accepted, "rejected": len(errors), "errors": _item_errors(errors)})
