@@ -793,7 +793,6 @@ def _at(epoch: float) -> datetime:
 
 RULE_COLUMNS = ("code, name, farm_id, zone_id, animal_id, device_type, category, severity, combine, conditions, "
                 "duration_s, suppression_s, max_per_hour, auto_resolve")
-RULES_FINGERPRINT = "SELECT (count(*), max(updated_at))::text FROM iot.alert_rules"
 
 _INSERT = """
     INSERT INTO iot.alerts (time, alert_id, rule_code, farm_id, severity, category, source_type, source_id, animal_id,

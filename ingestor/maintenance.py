@@ -25,17 +25,16 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from .dead_letters import letter
 from .metrics import Metrics, build_metrics
-from .storage import RETRYABLE_ERRORS, stored_profile
+from .storage import RETRYABLE_ERRORS, caused_by_data, stored_profile
+from .tables import DEAD_LETTERS
 
 log = logging.getLogger(__name__)
 
 
-# SQLSTATE classes of errors caused by the data rather than the moment: data exceptions (overflow,
-# division by zero...), integrity violations and program limits, as iot.refresh_rollup and the
-# writer's dead letters. Other errors (lock timeouts, a restarting server) fail the step as a whole
-# and it is retried on the next pass.
-_DATA_ERROR_CLASSES = ("22", "23", "54")
+# Errors the data causes (storage.caused_by_data) skip a day; other errors (lock timeouts, a
+# restarting server) fail the step as a whole and it is retried on the next pass.
 _DAY = timedelta(days=1)
 
 _DEAD_LETTER_RETENTION = """WITH d AS (DELETE FROM iot.dead_letters WHERE received_at < now() - interval '90 days'
@@ -145,10 +144,6 @@ async def _run_job(conn: asyncpg.Connection, job_id: int) -> str:
     return f"job {job_id} ran"
 
 
-def _caused_by_data(exc: asyncpg.PostgresError) -> bool:
-    return (exc.sqlstate or "")[:2] in _DATA_ERROR_CLASSES
-
-
 async def _refresh_cagg(conn: asyncpg.Connection, job_id: int, name: str, view: str, state: MaintenanceState) -> str:
     """Run a continuous aggregate's refresh job; when the data makes it fail, refresh its window a
     day at a time instead, dead-lettering and skipping the days that fail.
@@ -163,7 +158,7 @@ async def _refresh_cagg(conn: asyncpg.Connection, job_id: int, name: str, view: 
     try:
         return await _run_job(conn, job_id)
     except asyncpg.PostgresError as exc:
-        if not _caused_by_data(exc):
+        if not caused_by_data(exc):
             raise
         failure = exc
     window = await conn.fetchrow(
@@ -189,7 +184,7 @@ async def _refresh_cagg(conn: asyncpg.Connection, job_id: int, name: str, view: 
         except asyncpg.PostgresError as exc:
             if isinstance(exc, asyncpg.InvalidParameterValueError) and end < day + _DAY:
                 pass  # today so far holds no whole bucket of this rollup ("refresh window too small")
-            elif _caused_by_data(exc):
+            elif caused_by_data(exc):
                 skipped.append(day)
                 await _dead_letter_day(conn, name, day, end, exc, state)
             else:
@@ -206,9 +201,9 @@ async def _dead_letter_day(conn: asyncpg.Connection, name: str, day: datetime, e
     if (name, day) in state.dead_lettered:
         return
     payload = json.dumps({"rollup": name, "bucket_start": day.isoformat(), "bucket_end": end.isoformat()})
-    errors = json.dumps([{"field": None, "sqlstate": exc.sqlstate, "error": str(exc)}])
-    await conn.execute("INSERT INTO iot.dead_letters (channel, topic_or_path, payload, errors) "
-                       "VALUES ('maintenance', $1, $2, $3::jsonb)", f"rollup:{name}", payload, errors)
+    row = letter("maintenance", f"rollup:{name}", payload,
+                 [{"field": None, "sqlstate": exc.sqlstate, "error": str(exc)}])
+    await conn.copy_records_to_table(DEAD_LETTERS.name, schema_name="iot", records=[row], columns=DEAD_LETTERS.columns)
     state.dead_lettered.add((name, day))
 
 

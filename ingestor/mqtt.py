@@ -452,7 +452,7 @@ class Subscriber:
         work = [self.pipeline.ingest(kind, items, channel="mqtt", origin=origins[kind])
                 for kind, items in kinds.items()]
         work += [self.pipeline.reject(channel="mqtt", source=m.topic, payload=m.payload, reason=reason,
-                                      field_name=name) for m, reason, name in rejected]
+                                      field_name=name, farm_id=_farm_of(m.topic)) for m, reason, name in rejected]
         await asyncio.gather(*work)  # committed, or retried by the writers until it is
         self.status.received += len(batch)
         self._acknowledge(batch)

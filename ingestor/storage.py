@@ -21,6 +21,15 @@ MIGRATION_LOCK = 0x5D_A1_27_01
 CONNECTION_ERRORS = (OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 # What a background loop logs and retries rather than dying of.
 RETRYABLE_ERRORS = (asyncpg.PostgresError, *CONNECTION_ERRORS)
+# SQLSTATE classes of errors the data causes, not the moment: data exceptions (22: overflow, division
+# by zero), integrity violations (23: no partition for the row, NOT NULL, CHECK) and program limits
+# (54: index row too big). They condemn rows or buckets, which are dead-lettered; other errors are
+# retried.
+DATA_ERROR_CLASSES = ("22", "23", "54")
+
+
+def caused_by_data(exc: asyncpg.PostgresError) -> bool:
+    return (exc.sqlstate or "")[:2] in DATA_ERROR_CLASSES
 _FILE = re.compile(r"^(?P<version>\d{4})_(?P<name>[a-z0-9_]+?)(?:\.(?P<profile>postgres|timescale))?\.sql$")
 
 

@@ -29,17 +29,13 @@ import asyncpg
 
 from .dead_letters import letter
 from .metrics import Metrics, build_metrics
-from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS
+from .storage import CONNECTION_ERRORS, RETRYABLE_ERRORS, caused_by_data
 from .tables import DEAD_LETTERS, Table
 
 log = logging.getLogger(__name__)
 
 Row = tuple
 CommitHook = Callable[[Sequence[Row]], None]  # sees every committed batch; must be quick
-
-# SQLSTATE classes that condemn rows, not the batch: data exceptions (22), integrity constraint
-# violations (23: no partition for the row, NOT NULL, CHECK) and program limits (54: index row too big).
-_ROW_LEVEL_CLASSES = ("22", "23", "54")
 
 
 class WriterClosed(RuntimeError):
@@ -67,7 +63,7 @@ class _Submission:
 
 def _is_row_level(exc: BaseException) -> bool:
     if isinstance(exc, asyncpg.PostgresError):
-        return (exc.sqlstate or "")[:2] in _ROW_LEVEL_CLASSES
+        return caused_by_data(exc)
     # Raised by asyncpg while encoding a value the column type cannot take.
     return isinstance(exc, (asyncpg.DataError, ValueError, TypeError, OverflowError))
 
