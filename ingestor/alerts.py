@@ -25,7 +25,7 @@ from typing import Any
 import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .analytics import SIGNALS, Signals
+from .analytics import CONTEXT_SIGNALS, SIGNALS, Signals
 from .registry import Registry
 from .storage import RETRYABLE_ERRORS
 from .tables import MILK_PRODUCTION, SENSOR_DATA
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 OPERATORS: dict[str, Callable[[float, float], bool]] = {">": operator.gt, ">=": operator.ge, "<": operator.lt,
                                                         "<=": operator.le}
 ANY_METRIC = "*"  # a condition on every metric: one episode per (source, metric)
-DEVICE_SIGNALS = frozenset({"battery", "signal_strength", "missed_intervals"})
+DEVICE_SIGNALS = frozenset({"battery", "signal_strength", "missed_intervals", "unchanged_h"})
 # Status messages store battery and signal as readings too: they are the device's state (judged by
 # the device rules), not a series with a baseline (a battery losing 1 % would look like a jump).
 DEVICE_METRICS = frozenset({"battery_level", "signal_strength"})
@@ -318,10 +318,16 @@ MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_
 # (colostrum and transition milk, about the first 4-5 days). Blood within this long of the calving
 # date Odoo pushes is not a mastitis signal; conductivity and SCC still are.
 COLOSTRUM_S = 5 * 86_400.0
+# A session's yield per hour since her previous session: what a cow secretes, comparable whether she
+# is milked twice a day at fixed hours or by a robot at irregular intervals (a session's yield grows
+# with the interval). Judged only between MILK_RATE_GAP_S bounds: not her first session known, nor
+# one after a gap (a missed session), nor one an hour after the last (a re-attached cluster).
+MILK_RATE = "yield_kg_per_hour"
+MILK_RATE_GAP_S = (3 * 3_600.0, 24 * 3_600.0)
 _time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
 _BATTERY, _SIGNAL = _S["battery_level"], _S["signal_strength"]
 _NEVER = -math.inf
-_DEVICE_SIGNALS = (("battery", None), ("signal_strength", None), ("missed_intervals", None))
+_DEVICE_SIGNALS = (("battery", None), ("signal_strength", None), ("missed_intervals", None), ("unchanged_h", None))
 DEFAULT_INTERVAL_S = 300
 
 
@@ -352,8 +358,8 @@ class _Device:
     """What is known of a device that reports: where its readings go, when it last reported (data
     time), its battery and signal, and whether one of its device rules has an episode going."""
 
-    __slots__ = ("active", "animal", "battery", "device_source", "device_type", "farm", "interval", "last", "signal",
-                 "source", "uid", "zone")
+    __slots__ = ("active", "animal", "battery", "changed", "device_source", "device_type", "farm", "group", "interval",
+                 "last", "signal", "source", "uid", "values", "zone")
 
     def __init__(self, uid: str, farm: int, device_type: str | None, interval: float) -> None:
         self.uid, self.farm, self.device_type, self.interval = uid, farm, device_type, interval
@@ -364,6 +370,9 @@ class _Device:
         self.battery: int | None = None
         self.signal: int | None = None
         self.active = False
+        self.group: tuple[int, str | None] | None = None  # her farm and pen, for a collar on a cow
+        self.values: dict[str, float] | None = None  # each metric's last value, while a stuck rule is judged
+        self.changed = _NEVER  # when one of them last changed
 
 
 @dataclass
@@ -442,6 +451,7 @@ class Alerting:
         # Devices and cows whose baselines were looked up in the aggregates (bounded), and lookups under way.
         self.restored = _Generations(max_series)
         self.restoring: dict[object, asyncio.Future[None]] = {}
+        self._grouped_by: Registry | None = None  # the registry the devices' groups were read from
         self.set_rules(rules)
 
     @classmethod
@@ -465,7 +475,20 @@ class Alerting:
         # A gap between two readings of a device longer than this many intervals may be a silence.
         self._silence_gap = min((o or 0.0 for o in self._onsets.values()), default=math.inf)
         self.signals.wanted = frozenset(c.signal for r in self.rules for c in r.conditions)
+        self._stuck_rules = tuple(r for r in self._device_rules if any(c.signal == "unchanged_h" for c in r.conditions))
+        self._stuck = bool(self._stuck_rules)
+        # Her rhythm and group are kept for the metrics some rule asks about so (and what they derive from).
+        contextual = {c.metric for r in self.rules for c in r.conditions if c.signal in CONTEXT_SIGNALS}
+        self.signals.contextual = None if ANY_METRIC in contextual else frozenset(contextual)
+        self.signals.sessions = frozenset(MILK_METRICS) | {MILK_RATE}
         self.longest_suppression_s = max((r.suppression_s for r in self.rules), default=3600.0)
+
+    def _regroup(self, registry: Registry) -> None:
+        """Each collar's cow in her group as the registry says now."""
+        self._grouped_by = registry
+        for device in self._devices.values():
+            if device.animal is not None and device.animal != -1:
+                device.group = (device.farm, registry.groups.get(device.animal))
 
     # --- sources ------------------------------------------------------------------------------
 
@@ -503,6 +526,7 @@ class Alerting:
         if device.animal != animal or device.zone != zone:
             device.animal, device.zone = animal, zone
             device.source = source_key(farm, animal, zone, uid)  # its subject is made when a rule is judged
+            device.group = None if animal is None else (farm, registry.groups.get(animal))
             self._subjects[device.device_source] = _Subject(farm, "device", uid, animal, zone, uid, device_type)
         return device
 
@@ -517,8 +541,10 @@ class Alerting:
         if not self.rules:
             return out
         by_metric, any_metric, fold = self._by_metric, self._any_metric, self.signals.fold
-        episodes, any_open, devices = self.engine.episodes, self._any_sources, self._devices
+        episodes, any_open, devices, stuck = self.engine.episodes, self._any_sources, self._devices, self._stuck
         wall = time.time()
+        if registry is not self._grouped_by:  # cows may have moved to another pen
+            self._regroup(registry)
         ui, ki, fi, mi, vi, ai, zi = (_S[c] for c in ("device_uid", "device_type", "farm_id", "metric_name",
                                                        "metric_value", "animal_id", "zone_id"))
         for row, t in zip(rows, map(datetime.timestamp, map(_time_of, rows)), strict=True):
@@ -533,10 +559,16 @@ class Alerting:
             metric = row[mi]
             if metric in DEVICE_METRICS:
                 continue
-            source = device.source
-            signals = fold(source, farm, t, metric, row[vi])
+            source, value = device.source, row[vi]
+            signals = fold(source, farm, t, metric, value, device.group)
             if signals is None:
                 continue  # late, or a new series beyond the caps
+            if stuck:
+                values = device.values
+                if values is None:
+                    values = device.values = {}
+                if values.get(metric) != value:
+                    values[metric], device.changed = value, t
             for rule in by_metric.get(metric, ()):
                 if rule.holds(signals) or (rule.code, source) in episodes:
                     self._judge(rule, source, t, signals, None, out, row[ki], registry, device=device)
@@ -554,6 +586,8 @@ class Alerting:
         if t > self.clock.get(farm, _NEVER):
             self.clock[farm] = t
             self._received[farm] = wall
+        if device.values:  # how long its readings up to the last one have all stayed the same
+            self.signals.set(device.device_source, "unchanged_h", max(device.last - device.changed, 0.0) / 3600.0)
         first = device.last == _NEVER
         if not first and t - device.last >= self._silence_gap * device.interval:
             self._judge_silence(device, t, out, registry)  # as it stood just before this reading
@@ -570,6 +604,8 @@ class Alerting:
             device.battery, device.signal = battery, signal
         if (changed or device.active) and self._device_rules:
             self._judge_device(device, t, out, registry)
+        elif device.values:
+            self._judge_device(device, t, out, registry, self._stuck_rules)
 
     def observe_milk(self, rows: Sequence[tuple], registry: Registry) -> Decisions:
         """Fold milking sessions (yield, conductivity, SCC, blood ...) per cow and judge their rules;
@@ -578,21 +614,26 @@ class Alerting:
         if not self.rules:
             return out
         ti, mi, ai, fi = _M.values()
+        fold, yield_index = self.signals.fold, MILK_METRICS["yield_kg"]
         for row in rows:
             animal, meter, farm = row[ai], row[mi], row[fi]
             source = f"animal:{farm}:{animal}" if animal is not None else f"device:{farm}:{meter}"
+            group = None if animal is None else (farm, registry.groups.get(animal))
             t = row[ti].timestamp()
             calved = registry.calvings.get(animal)
             fresh = calved is not None and 0 <= t - calved < COLOSTRUM_S
             touched: dict[str, Rule] = {}
             signals: SignalMap | None = None
-            for metric, index in MILK_METRICS.items():
-                value = row[index]
+            values = [(metric, row[index]) for metric, index in MILK_METRICS.items()]
+            rate = _rate(row[yield_index], t, self.signals.newest(source, "yield_kg"))
+            if rate is not None:
+                values.append((MILK_RATE, rate))
+            for metric, value in values:
                 if value is None:
                     continue
                 if fresh and metric == "blood_detected":
                     value = False  # colostrum: the row keeps what the meter saw
-                folded = self.signals.fold(source, farm, t, metric, float(value))
+                folded = fold(source, farm, t, metric, float(value), group)
                 if folded is not None:
                     signals = folded
                     touched.update((r.code, r) for r in self._by_metric.get(metric, ()))
@@ -639,14 +680,15 @@ class Alerting:
                         began=None if onset is None else device.last + onset * device.interval)
         self._note_active(device)
 
-    def _judge_device(self, device: _Device, t: float, out: Decisions, registry: Registry) -> None:
+    def _judge_device(self, device: _Device, t: float, out: Decisions, registry: Registry,
+                      rules: tuple[Rule, ...] | None = None) -> None:
         source = device.device_source
         signals: SignalMap = self.signals.current.get(source, {})
         if device.battery is not None:
             signals = self.signals.set(source, "battery", device.battery)
         if device.signal is not None:
             signals = self.signals.set(source, "signal_strength", device.signal)
-        for rule in self._device_rules:
+        for rule in self._device_rules if rules is None else rules:
             self._judge(rule, source, t, signals, None, out, device.device_type, registry)
         self._note_active(device)
 
@@ -778,6 +820,13 @@ class Alerting:
                     wanted[(farm, animal)] = f"animal:{farm}:{animal}"
         pending = [restoring[k] for k in keys if k in restoring] if restoring else []
         return wanted, pending
+
+def _rate(kg: float | None, t: float, previous: float | None) -> float | None:
+    """Kilograms an hour since her previous session, when the interval is a plausible one."""
+    if kg is None or previous is None or not MILK_RATE_GAP_S[0] <= t - previous <= MILK_RATE_GAP_S[1]:
+        return None
+    return kg * 3_600.0 / (t - previous)
+
 
 def _relevant(signals: SignalMap, rule: Rule, metric: str | None) -> dict[str, float]:
     """The signals an alert's reader needs: those of the metric judged, or of the rule's metrics."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -63,14 +64,19 @@ class Baseline:
 # the baseline's mean and spread as of the last fold, and whether it was settled then (1.0); the
 # newest reading judged (a reading not newer is late: stored, never judged) and the series' farm.
 (_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED, _NEWEST,
- _FARM) = range(15)
+ _FARM, _DAY, _SLOW, _ALPHA_DAY, _ALPHA_SLOW) = range(19)
+# The day's level (half-life 12 h: the daily rhythm mostly averaged out) against the weeks' level
+# (half-life 7 days): a decline over days, as lameness shows in activity and lying, that a cow's own
+# three-day baseline would follow down.
+DAY_HALF_LIFE_S = 12 * 3_600.0
+SLOW_HALF_LIFE_S = 7 * 86_400.0
 # A baseline spanning days takes at most one value a minute per series: a sensor reporting every few
 # seconds costs a lookup and two divisions per reading, not an update.
 MIN_FOLD_S = 60.0
 
 
 def _new_state(t: float, value: float, farm: int | None = None) -> list:
-    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm]
+    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm, value, value, 0.0, 0.0]
 
 
 def _moments(s: list[float]) -> tuple[float, float]:
@@ -125,8 +131,15 @@ class Baselines:
         if dt != s[_DT]:
             s[_DT], s[_ALPHA] = dt, 1.0 - 0.5 ** (dt / self.half_life_s)
             s[_ALPHA_AVG] = 1.0 - 0.5 ** (dt / self.average_half_life_s)
+            s[_ALPHA_DAY] = 1.0 - 0.5 ** (dt / DAY_HALF_LIFE_S)
+            s[_ALPHA_SLOW] = 1.0 - 0.5 ** (dt / SLOW_HALF_LIFE_S)
         s[_AVG] += s[_ALPHA_AVG] * (value - s[_AVG])
         s[_LAST_V] = value
+        if std is not None:  # the day's level and the weeks' level (a multi-day decline: lameness)
+            s[_DAY] += s[_ALPHA_DAY] * (value - s[_DAY])
+            s[_SLOW] += s[_ALPHA_SLOW] * (min(max(value, mean - WINSOR_Z * std), mean + WINSOR_Z * std) - s[_SLOW])
+        else:  # until the baseline is settled, both are its mean so far
+            s[_DAY] = s[_SLOW] = mean
         if std is not None:
             reach = WINSOR_Z * std
             value = min(max(value, mean - reach), mean + reach)
@@ -146,7 +159,7 @@ class Baselines:
         No reading of it has been judged yet, so none that follows is late."""
         gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
         s = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered, mean, mean,
-             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm]
+             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm, mean, mean, 0.0, 0.0]
         s[_SETTLED] = float(samples >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
         self._state[key] = s
 
@@ -159,13 +172,36 @@ class Baselines:
 
 # What the alert rules can ask about a source (contract section 7). Per metric: the value, its ratio
 # to and z-score against the source's own baseline, a short moving average and the rate of change
-# per hour; per zone: THI; per device: battery, signal and missed reporting intervals.
-METRIC_SIGNALS = ("value", "ratio", "zscore", "average", "rate")
-SOURCE_SIGNALS = ("thi", "battery", "signal_strength", "missed_intervals")
+# per hour; against her own rhythm and her group (`Signals`): the moving average's ratio to and
+# z-score against the same hours of her previous days, the day's level against the weeks' level,
+# her group's typical ratio now, and her ratio beyond her group's (of her same-hours ratio, or of her
+# baseline ratio for a metric measured at milkings, and of the day's level); per zone: THI; per
+# device: battery, signal, missed reporting intervals and hours without any value changing.
+BASIC_SIGNALS = ("value", "ratio", "zscore", "average", "rate")
+CONTEXT_SIGNALS = ("hour_ratio", "hour_zscore", "day_ratio", "group_ratio", "vs_group", "day_vs_group")
+METRIC_SIGNALS = BASIC_SIGNALS + CONTEXT_SIGNALS
+SOURCE_SIGNALS = ("thi", "battery", "signal_strength", "missed_intervals", "unchanged_h")
 SIGNALS = METRIC_SIGNALS + SOURCE_SIGNALS
 
 # Sources of THI: a zone's newest air temperature and humidity.
 THI_INPUTS = ("temperature_c", "humidity_percent")
+
+# Same hours: a day in 12 windows of 2 h; each window's mean and spread of the moving average over the
+# days, a day's weight halving every 3 days (so about the last week counts), trusted once it holds
+# two days' worth. Milking and feeding peaks come back at the same hours and are her normal there.
+WINDOW_S = 7_200.0
+WINDOWS = int(86_400 // WINDOW_S)
+WINDOW_HALF_LIFE_DAYS = 3.0
+WINDOW_SETTLED = 1.0 - 0.5 ** (2.0 / WINDOW_HALF_LIFE_DAYS)
+# Her group: the mean log ratio of its cows' readings, weighted by time (half-life an hour for
+# collar metrics, 12 h for milkings, which spread over the day), each cow's log ratio clipped at
+# +-GROUP_CLIP (a cow in heat or sick must not move the group), taken in after her own
+# reading is judged, and only with GROUP_MIN cows or more (below
+# that, she is her own group: her ratio is the one beyond it).
+GROUP_HALF_LIFE_S = 3_600.0
+GROUP_SESSION_HALF_LIFE_S = 12 * 3_600.0
+GROUP_CLIP = math.log(1.5)
+GROUP_MIN = 5
 
 
 class Signals:
@@ -186,6 +222,14 @@ class Signals:
         self.baselines = Baselines(baseline_half_life_s, average_half_life_s)
         self.current: dict[str, dict[tuple[str, str | None], float]] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
+        # Her rhythm and her group, for the metrics some rule asks about so (None: every metric):
+        # same-hours windows per series, and per group (a farm's pen) and metric the weighted sums of
+        # its cows' log ratios (same hours, day) with their weight and time; the cows of each group.
+        self.contextual: frozenset[str] | None = frozenset()
+        self.sessions: frozenset[str] = frozenset()  # metrics measured at milkings: no same hours
+        self._windows: dict[tuple[str, str], array] = {}
+        self.groups: dict[tuple[object, str], list[float]] = {}
+        self.members: dict[object, set[str]] = {}
         self.wanted = frozenset(SIGNALS)
         self.max_series, self.max_series_per_farm = max_series, max_series_per_farm
         self.per_farm: dict[int | None, int] = {}  # farm -> series tracked
@@ -202,12 +246,12 @@ class Signals:
         self._wanted = signals
         self._moving = bool(signals & {"average", "rate"})
 
-    def fold(self, source: str, farm: int | None, t: float, metric: str, value: float
+    def fold(self, source: str, farm: int | None, t: float, metric: str, value: float, group: object = None
              ) -> dict[tuple[str, str | None], float] | None:
-        """Take one reading of `metric` from `source` (of `farm`) at epoch `t`; return the source's
-        signals, or None when the reading is not to be judged: late (not newer than the newest reading
-        of the series already taken: it neither becomes the current value nor moves the baseline), or
-        of a new series beyond the caps."""
+        """Take one reading of `metric` from `source` (of `farm`, and of `group`: her farm and pen, for
+        a cow) at epoch `t`; return the source's signals, or None when the reading is not to be judged:
+        late (not newer than the newest reading of the series already taken: it neither becomes the
+        current value nor moves the baseline), or of a new series beyond the caps."""
         baselines = self.baselines
         s = baselines._state.get((source, metric))
         if s is None:
@@ -221,7 +265,7 @@ class Signals:
         keys = self._keys.get(metric)
         if keys is None:
             keys = self._keys[metric] = tuple((name, metric) for name in METRIC_SIGNALS)
-        k_value, k_ratio, k_zscore, k_average, k_rate = keys
+        k_value, k_ratio, k_zscore, k_average, k_rate = keys[:5]
         signals[k_value] = value
         std = None
         if s[_SETTLED]:  # judged against the baseline as it was before this reading
@@ -235,9 +279,90 @@ class Signals:
             if self._moving:
                 signals[k_average] = s[_AVG]
                 signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
+            if self.contextual is None or metric in self.contextual:
+                self._context(s, (source, metric), source, t, t - last_t, signals, keys, group, metric in self.sessions,
+                              std is not None)
         if metric in THI_INPUTS:
             self._thi(signals)
         return signals
+
+    def _context(self, s: list, key: tuple[str, str], source: str, t: float, dt: float,
+                 signals: dict[tuple[str, str | None], float], keys: tuple, group: object, session: bool,
+                 settled: bool) -> None:
+        """Her own rhythm and her group: the same-hours window of a collar metric, the day's level, and
+        where she stands beyond her group, after a reading has been folded (`dt` after the last). The
+        windows learn from the first day on; the rest waits for her baseline to settle."""
+        k_ratio, k_hour_ratio, k_hour_zscore, k_day_ratio, k_group_ratio, k_vs_group, k_day_vs_group = (
+            keys[1], *keys[5:])
+        if session:
+            own: float | None = signals.get(k_ratio)
+        else:
+            own = self._same_hours(key, t, dt, s[_AVG], signals, k_hour_ratio, k_hour_zscore)
+        if not settled:
+            return
+        day = s[_DAY] / s[_SLOW] if s[_SLOW] else 1.0
+        signals[k_day_ratio] = day
+        if own is None:  # figures of another window would be stale here
+            for k in (k_group_ratio, k_vs_group, k_day_vs_group):
+                signals.pop(k, None)
+            return
+        if group is None:
+            return
+        g = self.groups.get((group, key[1]))
+        if g is None:
+            g = self.groups[(group, key[1])] = [0.0, 0.0, 0.0, t]
+        if t > g[3]:
+            keep = 0.5 ** ((t - g[3]) / (GROUP_SESSION_HALF_LIFE_S if session else GROUP_HALF_LIFE_S))
+            g[0] *= keep
+            g[1] *= keep
+            g[2] *= keep
+            g[3] = t
+        mine = min(max(math.log(own), -GROUP_CLIP), GROUP_CLIP) if own > 0 else -GROUP_CLIP
+        mine_day = min(max(math.log(day), -GROUP_CLIP), GROUP_CLIP) if day > 0 else -GROUP_CLIP
+        members = self.members.get(group)
+        if members is None:
+            members = self.members[group] = set()
+        members.add(source)
+        if len(members) < GROUP_MIN or g[0] < 1.0:
+            signals[k_group_ratio], signals[k_vs_group], signals[k_day_vs_group] = 1.0, own, day
+        else:  # the others' level: before her reading is taken in
+            level = math.exp(g[1] / g[0])
+            signals[k_group_ratio] = level
+            signals[k_vs_group] = own / level
+            signals[k_day_vs_group] = day / math.exp(g[2] / g[0])
+        g[0] += 1.0
+        g[1] += mine
+        g[2] += mine_day
+
+    def _same_hours(self, key: tuple[str, str], t: float, dt: float, average: float,
+                    signals: dict[tuple[str, str | None], float], k_ratio: tuple, k_zscore: tuple) -> float | None:
+        """The moving average against the same 2-hour window of her previous days (ratio and z-score,
+        None until the window is trusted); then the window takes it in, winsorised as the baseline is."""
+        windows = self._windows.get(key)
+        if windows is None:
+            windows = self._windows[key] = array("d", (0.0, 0.0, 1.0) * WINDOWS)
+        i = int(t % 86_400.0 // WINDOW_S) * 3
+        remaining = windows[i + 2]
+        own = None
+        if remaining <= 1.0 - WINDOW_SETTLED:
+            gathered = 1.0 - remaining
+            mean = windows[i] / gathered
+            std = math.sqrt(max(windows[i + 1] / gathered - mean * mean, 0.0))
+            own = average / mean if mean else 1.0
+            signals[k_ratio] = own
+            signals[k_zscore] = (average - mean) / std if std else 0.0
+            reach = WINSOR_Z * std
+            average = min(max(average, mean - reach), mean + reach)
+        else:  # another window's figures would be stale here
+            signals.pop(k_ratio, None)
+            signals.pop(k_zscore, None)
+        # A reading stands for the time since the last one: `dt` of the window's daily 2 hours.
+        alpha = 1.0 - 0.5 ** (min(dt, WINDOW_S) / WINDOW_S / WINDOW_HALF_LIFE_DAYS)
+        keep = 1.0 - alpha
+        windows[i] = keep * windows[i] + alpha * average
+        windows[i + 1] = keep * windows[i + 1] + alpha * average * average
+        windows[i + 2] = remaining * keep
+        return own
 
     def _first(self, source: str, farm: int | None, t: float, metric: str, value: float
                ) -> dict[tuple[str, str | None], float] | None:
@@ -249,7 +374,8 @@ class Signals:
         if signals is None:
             signals = self.current[source] = {}
         signals[("value", metric)] = value
-        signals[("average", metric)] = value
+        if self._moving:
+            signals[("average", metric)] = value
         if metric in THI_INPUTS:
             self._thi(signals)
         return signals
@@ -300,6 +426,7 @@ class Signals:
         emptied = set()
         for key in stale:
             s = state.pop(key)
+            self._windows.pop(key, None)
             self.per_farm[s[_FARM]] -= 1
             source, metric = key
             signals = self.current.get(source)
@@ -311,7 +438,19 @@ class Signals:
                     emptied.add(source)
         for farm in [f for f, n in self.per_farm.items() if n <= 0]:
             del self.per_farm[farm]
+        for group, members in list(self.members.items()):
+            members -= emptied
+            if not members:
+                del self.members[group]
+                for key in [k for k in self.groups if k[0] == group]:
+                    del self.groups[key]
         return emptied
+
+    def newest(self, source: str, metric: str) -> float | None:
+        """The time of the newest reading of a series judged (None for a series not tracked, or seeded
+        from the aggregates and not read since)."""
+        s = self.baselines._state.get((source, metric))
+        return None if s is None or s[_NEWEST] == -math.inf else s[_NEWEST]
 
     def series_of(self, source: str) -> bool:
         """Whether `source` has signals of any metric."""

@@ -49,6 +49,7 @@ class Registry:
     animal_tags: dict[str, tuple[int, int]] = field(default_factory=dict)  # RFID EPC -> (farm id, animal id)
     animal_names: dict[int, str] = field(default_factory=dict)  # animal id -> ear tag, for alert messages
     calvings: dict[int, float] = field(default_factory=dict)  # animal id -> her last calving (epoch, UTC midnight)
+    groups: dict[int, str] = field(default_factory=dict)  # animal id -> her group (pen) on the farm
     zones: dict[int, int] = field(default_factory=dict)  # zone id -> farm id
     api_keys: dict[str, ApiKey] = field(default_factory=dict)  # key prefix -> key
 
@@ -74,8 +75,8 @@ async def load(conn: asyncpg.Connection) -> Registry:
     async with conn.transaction(isolation="repeatable_read", readonly=True):
         devices = await conn.fetch("SELECT device_uid, farm_id, device_type, animal_id, zone_id, calibration_gain, "
                                    "calibration_offset, expected_interval_s FROM iot.devices WHERE active")
-        animals = await conn.fetch("SELECT id, farm_id, code, rfid_epc, extract(epoch FROM calving_date)::float8 "
-                                   "FROM iot.animals WHERE active")
+        animals = await conn.fetch("SELECT id, farm_id, code, rfid_epc, extract(epoch FROM calving_date)::float8, "
+                                   "group_name FROM iot.animals WHERE active")
         zones = await conn.fetch("SELECT id, farm_id FROM iot.zones WHERE active")
         keys = await conn.fetch(f"SELECT {API_KEY_COLUMNS} FROM iot.api_keys")
     return Registry(
@@ -85,6 +86,7 @@ async def load(conn: asyncpg.Connection) -> Registry:
         animal_tags={r[3].upper(): (r[1], r[0]) for r in animals if r[3]},
         animal_names={r[0]: r[2] for r in animals},
         calvings={r[0]: r[4] for r in animals if r[4] is not None},
+        groups={r[0]: r[5] for r in animals if r[5]},
         zones={r[0]: r[1] for r in zones},
         api_keys={r["key_prefix"]: api_key_from_row(r) for r in keys},
     )

@@ -41,7 +41,7 @@ def raised(decisions: list[Decisions], *, anomaly: bool = False) -> list[str]:
     return [row[2] for d in decisions for row in d.raised if anomaly or row[2] != "anomaly"]
 
 
-def collar_days(alerting: Alerting, metric: str, mean: float, sd: float, days: float = 2, *, animal: int = 1,
+def collar_days(alerting: Alerting, metric: str, mean: float, sd: float, days: float = 4, *, animal: int = 1,
                 device: str = "COL-1") -> list[Decisions]:
     """A normal baseline: a reading every 15 minutes for `days`."""
     rng = np.random.default_rng(animal)
@@ -76,9 +76,9 @@ def test_oestrus_is_activity_at_twice_her_own_baseline(rules: list[Rule]) -> Non
     alerting = Alerting(rules)
     collar_days(alerting, "activity_index", 50, 5)
     collar_days(alerting, "activity_index", 50, 5, animal=2, device="COL-2")
-    restless = [sensor(t, "activity_index", 70, device="COL-2", animal=2) for t in every(15, 3, after(2))]
+    restless = [sensor(t, "activity_index", 70, device="COL-2", animal=2) for t in every(15, 3, after(4))]
     assert raised(feed(alerting, restless)) == []  # 1.4x: restless, not in heat
-    heat = [sensor(t, "activity_index", 140) for t in every(15, 3, after(2))]
+    heat = [sensor(t, "activity_index", 140) for t in every(15, 3, after(4))]
     decided = feed(alerting, heat)
     assert raised(decided) == ["oestrus"] and "COW-00001" in next(d.raised[0][10] for d in decided if d.raised)
 
@@ -95,18 +95,26 @@ def test_fever_needs_39_5_degrees_for_30_minutes(rules: list[Rule]) -> None:
 def test_rumination_drop_against_her_baseline_and_the_absolute_floor(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
     collar_days(alerting, "rumination_minutes", 500, 12)
-    dip = [sensor(t, "rumination_minutes", 430) for t in every(15, 3, after(2))]  # 0.86x
+    dip = [sensor(t, "rumination_minutes", 430) for t in every(15, 3, after(4))]  # 0.86x
     assert raised(feed(alerting, dip)) == []
-    drop = [sensor(t, "rumination_minutes", 330) for t in every(15, 3, after(2, 180))]  # 0.66x for 3 h
+    drop = [sensor(t, "rumination_minutes", 330) for t in every(15, 6, after(4, 180))]  # 0.66x for 3 h
     assert raised(feed(alerting, drop)) == ["rumination_drop"]
     new_cow = Alerting(rules)  # no baseline yet: the floor alone
     assert raised(feed(new_cow, [sensor(t, "rumination_minutes", 250) for t in every(15, 3)])) == ["rumination_drop"]
 
 
-def milkings(alerting: Alerting, days: int = 3, yield_kg: float = 15.0) -> None:
+RATE = 15.0 / 13  # kg an hour she secretes: 15 kg at 05:00 after 13 h, 12.7 kg at 16:00 after 11 h
+
+
+def hours_before(hour: int) -> int:
+    return 13 if hour == 5 else 11
+
+
+def milkings(alerting: Alerting, days: int = 3) -> None:
+    """Twice a day at 05:00 and 16:00, each session's yield as the hours since the last one make it."""
     rng = np.random.default_rng(3)
-    rows = [milk(START + timedelta(days=d, hours=h), yield_kg * rng.normal(1, 0.02), 4.8 * rng.normal(1, 0.02))
-            for d in range(days) for h in (5, 16)]
+    rows = [milk(START + timedelta(days=d, hours=h), RATE * hours_before(h) * rng.normal(1, 0.02),
+                 4.8 * rng.normal(1, 0.02)) for d in range(days) for h in (5, 16)]
     assert not alerting.observe_milk(rows, REGISTRY)
 
 
@@ -137,10 +145,26 @@ def test_blood_in_a_fresh_cows_first_days_is_colostrum_not_mastitis(rules: list[
 def test_yield_drop_needs_two_low_milkings_in_a_row(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
     milkings(alerting)
-    one_low = [milk(after(3, 300), 12.5), milk(after(3, 960), 15.0), milk(after(4, 300), 12.6)]
+
+    def session(day: int, hour: int, share: float) -> tuple:
+        return milk(after(day, hour * 60), RATE * hours_before(hour) * share)
+    one_low = [session(3, 5, 0.8), session(3, 16, 1.0), session(4, 5, 0.8)]
     assert raised([alerting.observe_milk([m], REGISTRY) for m in one_low]) == []
-    two_low = [milk(after(4, 960), 12.4), milk(after(5, 300), 12.5)]
+    two_low = [session(4, 16, 0.8), session(5, 5, 0.8)]
     assert raised([alerting.observe_milk([m], REGISTRY) for m in two_low]) == ["yield_drop"]
+
+
+def test_yield_is_judged_per_hour_since_her_last_milking(rules: list[Rule]) -> None:
+    """A robot milks when she comes: 9 kg after 8 h is as much as 15 kg after 13 h; a session's
+    kilograms alone would call it a drop."""
+    alerting = Alerting(rules)
+    milkings(alerting)
+    robot = [milk(after(2, 16 * 60 + 8 * 60 * k), RATE * 8 * (0.99 + 0.01 * (k % 2))) for k in range(1, 8)]
+    decided = [alerting.observe_milk(robot[:1], REGISTRY)]
+    signals = alerting.signals.current["animal:1:1"]
+    assert signals[("ratio", "yield_kg")] < 0.75 and 0.95 < signals[("ratio", "yield_kg_per_hour")] < 1.05
+    decided += [alerting.observe_milk([m], REGISTRY) for m in robot[1:]]
+    assert raised(decided) == []
 
 
 def test_device_offline_after_four_missed_intervals_and_back_online(rules: list[Rule]) -> None:
@@ -167,14 +191,19 @@ def test_low_battery_is_judged_when_it_changes(rules: list[Rule]) -> None:
     assert next(d.raised[0] for d in decided if d.raised)[6:8] == ("device", "COL-1")
 
 
-def test_anomaly_is_five_standard_deviations_from_the_series_baseline(rules: list[Rule]) -> None:
+def test_anomaly_is_five_standard_deviations_from_a_climate_series_baseline(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
-    collar_days(alerting, "eating_minutes", 280, 10)
-    near = feed(alerting, [sensor(after(2), "eating_minutes", 315)])  # 3.5 sd
+    env = {"device": "ENV-1", "animal": None, "zone": 3, "device_type": "env_sensor"}
+    rng = np.random.default_rng(5)
+    feed(alerting, [sensor(t, "co2_ppm", 900 + rng.normal(0, 20), **env) for t in every(15, 48)])
+    near = feed(alerting, [sensor(after(2), "co2_ppm", 970, **env)])  # 3.5 sd
     assert raised(near, anomaly=True) == []
-    far = feed(alerting, [sensor(after(2, 15), "eating_minutes", 400)])  # 12 sd
+    far = feed(alerting, [sensor(after(2, 15), "co2_ppm", 1200, **env)])  # 15 sd
     assert raised(far, anomaly=True) == ["anomaly"]
-    assert far[0].raised[0][1].startswith("anomaly:animal:1:1:eating_minutes:")  # rule:source (farm 1, cow 1):metric
+    assert far[0].raised[0][1].startswith("anomaly:zone:1:3:co2_ppm:")  # rule:source (farm 1, zone 3):metric
+    cow = Alerting(rules)  # a cow's series have their own detectors, judged against her rhythm and group
+    collar_days(cow, "eating_minutes", 280, 10)
+    assert raised(feed(cow, [sensor(after(4, 15), "eating_minutes", 400)]), anomaly=True) == []
 
 
 def test_heat_stress_of_a_sensor_whose_payload_calls_itself_environmental(rules: list[Rule]) -> None:
@@ -189,3 +218,119 @@ def test_heat_stress_of_a_sensor_whose_payload_calls_itself_environmental(rules:
         rows += validate_readings(decode_message(topic, payload).readings, Context(registry, now=t)).rows
     assert {r[2] for r in rows} == {"env_sensor"}
     assert raised([Alerting(rules).observe_readings(rows, registry)]) == ["heat_stress"]
+
+
+# --- her own rhythm, her group, a decline over days, a stuck sensor ----------------------------------
+
+PEN = Registry(devices={f"COL-{c}": Device(1, "collar", c, None, 1.0, 0.0, 900) for c in range(1, 13)},
+               animal_names={c: f"COW-{c:05d}" for c in range(1, 13)}, groups={c: "Pen 1" for c in range(1, 13)})
+
+
+def pen_rows(start: datetime, hours: float, metric: str, level: float, *, cows: range = range(1, 13),
+             shape: dict[int, float] | None = None, seed: int = 1, rhythm: bool = True) -> list[tuple]:
+    """A pen of cows reporting every 15 minutes, all following one daily rhythm (unless not
+    `rhythm`): `level` x 1.8 during the milking walk and feed delivery (05-07 and 16-18 h), x 0.6 at
+    night (00-04 h), with `shape` (cow -> factor) on top, and 5 % noise."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in every(15, hours, start):
+        rhythm_now = (1.8 if t.hour in (5, 6, 16, 17) else 0.6 if t.hour < 4 else 1.0) if rhythm else 1.0
+        for c in cows:
+            value = level * rhythm_now * (shape or {}).get(c, 1.0) * rng.normal(1, 0.05)
+            rows.append(sensor(t, metric, value, device=f"COL-{c}", animal=c))
+    return rows
+
+
+def judge(alerting: Alerting, rows: list[tuple], registry: Registry = PEN, per: int = 12) -> list[str]:
+    """Feed `rows` a tick (`per` rows) at a time; the rules raised (but anomaly)."""
+    return raised([alerting.observe_readings(rows[k:k + per], registry) for k in range(0, len(rows), per)])
+
+
+def test_her_milking_and_feeding_peaks_are_her_normal_a_heat_is_not(rules: list[Rule]) -> None:
+    alerting = Alerting(rules)
+    assert judge(alerting, pen_rows(START, 4 * 24, "activity_index", 50)) == []  # four days of her rhythm
+    heat = pen_rows(after(4), 12, "activity_index", 50, shape={3: 2.0}, seed=2)  # cow 3 in heat at 2x
+    decided, peak = [], 0.0
+    for k in range(0, len(heat), 12):
+        decided.append(alerting.observe_readings(heat[k:k + 12], PEN))
+        peak = max(peak, alerting.signals.current["animal:1:1"][("ratio", "activity_index")])
+    assert peak > 1.3  # against a flat baseline, her walk to the parlour would look like a heat
+    assert [(r[2], r[8]) for d in decided for r in d.raised if r[2] != "anomaly"] == [("oestrus", 3)]
+    cow3 = alerting.signals.current["animal:1:3"]
+    assert cow3[("vs_group", "activity_index")] >= 1.35 and cow3[("hour_zscore", "activity_index")] >= 3
+    weak = pen_rows(after(4, 12 * 60), 10, "activity_index", 50, shape={5: 1.5}, seed=3)  # a weak heat at 1.5x
+    assert judge(alerting, weak) == ["oestrus"]
+
+
+def test_what_her_whole_group_does_is_context_not_an_alert(rules: list[Rule]) -> None:
+    alerting = Alerting(rules)
+    judge(alerting, pen_rows(START, 4 * 24, "activity_index", 50))
+    judge(alerting, pen_rows(START, 4 * 24, "rumination_minutes", 600, seed=4, rhythm=False))
+    regrouped = pen_rows(after(4), 24, "activity_index", 50 * 1.6, seed=5)  # the pen moved: restless for a day
+    assert judge(alerting, regrouped) == []
+    ration = pen_rows(after(4), 24, "rumination_minutes", 600 * 0.75, seed=6, rhythm=False)  # a ration change
+    assert judge(alerting, ration) == []
+    group = alerting.signals.current["animal:1:7"]
+    assert group[("group_ratio", "rumination_minutes")] < 0.8 and group[("vs_group", "rumination_minutes")] > 0.9
+    sick = pen_rows(after(5), 8, "rumination_minutes", 600 * 0.75, shape={7: 0.6}, seed=7, rhythm=False)  # 7: less
+    assert judge(alerting, sick) == ["rumination_drop"]
+
+
+def test_a_cows_group_follows_the_registry(rules: list[Rule]) -> None:
+    """Moved to another pen in Odoo, she is judged with her new group from her next reading."""
+    alerting = Alerting(rules)
+    judge(alerting, pen_rows(START, 26, "activity_index", 50))
+    moved = Registry(devices=PEN.devices, animal_names=PEN.animal_names,
+                     groups={c: "Pen 1" if c > 1 else "Pen 2" for c in range(1, 13)})
+    judge(alerting, pen_rows(after(1, 120), 1, "activity_index", 50), moved)
+    assert alerting._devices["COL-1"].group == (1, "Pen 2") and alerting._devices["COL-2"].group == (1, "Pen 1")
+
+
+def test_lameness_is_less_walking_and_more_lying_over_days(rules: list[Rule]) -> None:
+    alerting = Alerting(rules)
+    for metric, level, seed in (("activity_index", 50, 1), ("resting_minutes", 720, 2)):
+        judge(alerting, pen_rows(START, 7 * 24, metric, level, seed=seed))
+    lame: list[str] = []
+    for day in range(7, 12):  # cow 4 walks a little less and lies a little longer each day
+        worse = 1 - 0.08 * (day - 6)
+        for metric, level, shape, seed in (("activity_index", 50, worse, day), ("resting_minutes", 720,
+                                                                                2 - worse, day + 50)):
+            lame += judge(alerting, pen_rows(after(day), 24, metric, level, shape={4: shape}, seed=seed))
+    assert lame == ["lameness"]
+    day = alerting.signals.current["animal:1:4"]
+    assert day[("day_vs_group", "activity_index")] <= 0.8 and day[("day_vs_group", "resting_minutes")] >= 1.05
+
+
+def test_a_sensor_repeating_its_readings_for_hours_is_stuck(rules: list[Rule]) -> None:
+    alerting = Alerting(rules)
+    env = {"device": "ENV-1", "animal": None, "zone": 3, "device_type": "env_sensor"}
+    rng = np.random.default_rng(9)
+
+    def climate(start: datetime, hours: float, frozen: bool = False) -> list[tuple]:
+        rows = []
+        for t in every(15, hours, start):
+            air, humidity = (18.4, 71.0) if frozen else (18 + rng.normal(0, 0.5), 70 + rng.normal(0, 2))
+            rows += [sensor(t, "temperature_c", air, **env), sensor(t, "humidity_percent", humidity, **env),
+                     sensor(t, "nh3_ppm", 0.0, **env)]  # no ammonia at all: one value can stay the same
+        return rows
+    assert judge(alerting, climate(START, 24), per=3) == []
+    decided = [alerting.observe_readings([r], PEN) for r in climate(after(1), 8, frozen=True)]
+    stuck = [r for d in decided for r in d.raised]
+    assert [(r[2], r[6], r[7]) for r in stuck] == [("stuck_sensor", "device", "ENV-1")]
+    assert stuck[0][0] == after(1, 6 * 60 + 15)  # the first reading after six hours the same
+    back = [alerting.observe_readings([r], PEN) for r in climate(after(1, 8 * 60), 1)]
+    assert [r[0] for d in back for r in d.resolved] == [stuck[0][1]]
+
+
+def test_odoo_offers_every_signal_the_ingestor_judges() -> None:
+    """The rule form's signal list (addons/.../sd_alert_rule.py) is the ingestor's: a signal missing
+    there would be read back as "value" when Odoo imports the built-in rules."""
+    import ast
+    from pathlib import Path
+
+    from ingestor.analytics import SIGNALS
+    source = Path(__file__).parents[1] / "addons/smart_dairy_iot/models/sd_alert_rule.py"
+    tree = ast.parse(source.read_text())
+    [listed] = [ast.literal_eval(n.value) for n in tree.body
+                if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "SIGNALS"]
+    assert [code for code, _ in listed] == list(SIGNALS)

@@ -13,10 +13,17 @@ SIGNALS = [
     ("zscore", "Z-score against the rolling baseline"),
     ("average", "Rolling average"),
     ("rate", "Rate of change"),
+    ("hour_ratio", "Ratio to the same hours of her previous days"),
+    ("hour_zscore", "Z-score against the same hours of her previous days"),
+    ("day_ratio", "Day's level against the last weeks' level"),
+    ("group_ratio", "Her group's ratio at the same time"),
+    ("vs_group", "Her ratio beyond her group's"),
+    ("day_vs_group", "Her day's level beyond her group's"),
     ("thi", "Temperature-humidity index (THI)"),
     ("battery", "Battery level"),
     ("signal_strength", "Signal strength"),
     ("missed_intervals", "Missed reporting intervals"),
+    ("unchanged_h", "Hours with every reading unchanged (stuck sensor)"),
 ]
 OPERATORS = [(">", ">"), (">=", "≥"), ("<", "<"), ("<=", "≤")]
 # The categories of the built-in rules (migration 0007) and of the ingestor's alerts, plus a few more.
