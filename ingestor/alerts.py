@@ -966,13 +966,19 @@ async def _seed(pool: Any, alerting: Alerting, kind: str, rows: Sequence[tuple],
                 if source is not None:
                     seeded += signals.restore(source, r["farm_id"], r["metric_name"], r["until"].timestamp(),
                                               r["mean"], r["std"] or 0.0, r["n"], r["span_s"])
+            if signals.contextual != frozenset():
+                contextual = None if signals.contextual is None else list(signals.contextual)
+                for r in await conn.fetch(_SENSOR_WINDOWS, ids, newest, contextual):
+                    source = wanted.get((r["farm_id"], r["device_uid"]))
+                    if source is not None:
+                        signals.restore_window(source, r["metric_name"], r["window"], r["mean"], r["std"], r["days"])
             return seeded
         newest = max(row[_M["time"]] for row in rows)
         for r in await conn.fetch(_MILK_BASELINES, ids, newest):
             source = wanted.get((r["farm_id"], r["animal_id"]))
             if source is None:
                 continue
-            for metric in ("yield_kg", "conductivity_ms"):
+            for metric in ("yield_kg", MILK_RATE, "conductivity_ms"):
                 if r[metric] is not None:
                     seeded += signals.restore(source, r["farm_id"], metric, r["until"].timestamp(), r[metric],
                                               r[f"{metric}_std"] or 0.0, r["n"], r["span_s"])
@@ -998,11 +1004,27 @@ _SENSOR_BASELINES = """
     SELECT farm_id, device_uid, metric_name, mean, sqrt(greatest(square - mean * mean, 0)) AS std, n, until, span_s
     FROM s
 """
+# Her same hours (analytics.WINDOW_S, in UTC) over the week before, from the hourly buckets: the
+# windows' mean and spread, and on how many days each was seen.
+_SENSOR_WINDOWS = """
+    SELECT farm_id, device_uid, metric_name, extract(hour FROM bucket AT TIME ZONE 'UTC')::integer / 2 AS window,
+           avg(avg_value)::float8 AS mean, coalesce(stddev_samp(avg_value), 0)::float8 AS std,
+           count(DISTINCT (bucket AT TIME ZONE 'UTC')::date)::float8 AS days
+    FROM iot.sensor_data_hourly
+    WHERE device_uid = ANY($1::text[]) AND bucket > $2::timestamptz - interval '7 days' AND bucket < $2::timestamptz
+      AND ($3::text[] IS NULL OR metric_name = ANY($3::text[]))
+    GROUP BY 1, 2, 3, 4
+"""
 # Sessions a day are few: a cow's milk baseline is her last week's mean per session; its spread
-# is that of her daily means.
+# is that of her daily means. Her kilograms an hour: her whole days' yield over 24 h.
 _MILK_BASELINES = """
     SELECT farm_id, animal_id, avg(avg_yield_per_session)::float8 AS yield_kg,
-           stddev_samp(avg_yield_per_session)::float8 AS yield_kg_std, avg(avg_conductivity)::float8 AS conductivity_ms,
+           stddev_samp(avg_yield_per_session)::float8 AS yield_kg_std,
+           (avg(total_yield_kg) FILTER (WHERE bucket < date_trunc('day', $2::timestamptz)) / 24)::float8
+               AS yield_kg_per_hour,
+           (stddev_samp(total_yield_kg) FILTER (WHERE bucket < date_trunc('day', $2::timestamptz)) / 24)::float8
+               AS yield_kg_per_hour_std,
+           avg(avg_conductivity)::float8 AS conductivity_ms,
            stddev_samp(avg_conductivity)::float8 AS conductivity_ms_std,
            sum(milking_count)::integer AS n, max(bucket) + interval '1 day' AS until,
            extract(epoch FROM max(bucket) + interval '1 day' - min(bucket))::float8 AS span_s

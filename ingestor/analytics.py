@@ -192,7 +192,7 @@ THI_INPUTS = ("temperature_c", "humidity_percent")
 WINDOW_S = 7_200.0
 WINDOWS = int(86_400 // WINDOW_S)
 WINDOW_HALF_LIFE_DAYS = 3.0
-WINDOW_SETTLED = 1.0 - 0.5 ** (2.0 / WINDOW_HALF_LIFE_DAYS)
+WINDOW_UNSETTLED = 0.5 ** (2.0 / WINDOW_HALF_LIFE_DAYS) + 1e-9  # the weight still missing after two days
 # Her group: the mean log ratio of its cows' readings, weighted by time (half-life an hour for
 # collar metrics, 12 h for milkings, which spread over the day), each cow's log ratio clipped at
 # +-GROUP_CLIP (a cow in heat or sick must not move the group), taken in after her own
@@ -344,7 +344,7 @@ class Signals:
         i = int(t % 86_400.0 // WINDOW_S) * 3
         remaining = windows[i + 2]
         own = None
-        if remaining <= 1.0 - WINDOW_SETTLED:
+        if remaining <= WINDOW_UNSETTLED:
             gathered = 1.0 - remaining
             mean = windows[i] / gathered
             std = math.sqrt(max(windows[i + 1] / gathered - mean * mean, 0.0))
@@ -417,6 +417,20 @@ class Signals:
             return False
         self.baselines.restore((source, metric), t, mean, std, samples, span_s, farm)
         return True
+
+    def restore_window(self, source: str, metric: str, window: int, mean: float, std: float, days: float) -> None:
+        """Seed one same-hours window of a series just seeded from the aggregates: its mean and spread
+        over `days` days."""
+        key = (source, metric)
+        if key not in self.baselines or not 0 <= window < WINDOWS:
+            return
+        windows = self._windows.get(key)
+        if windows is None:
+            windows = self._windows[key] = array("d", (0.0, 0.0, 1.0) * WINDOWS)
+        remaining = 0.5 ** (days / WINDOW_HALF_LIFE_DAYS)
+        gathered = 1.0 - remaining
+        windows[3 * window:3 * window + 3] = array("d", (mean * gathered, (std * std + mean * mean) * gathered,
+                                                         remaining))
 
     def evict(self, clocks: Mapping[int | None, float], idle_s: float) -> set[str]:
         """Forget series whose newest reading is more than `idle_s` behind their farm's clock; return

@@ -18,7 +18,7 @@ import httpx
 import msgspec
 import pytest
 
-from ingestor import alerts, apikeys
+from ingestor import alerts, analytics, apikeys
 from ingestor.alerts import Alerting, Decisions, Rule
 from ingestor.loadgen import peak_rss_mb, running_server
 from ingestor.registry import Registry
@@ -241,6 +241,12 @@ async def test_a_restart_reads_no_baseline_at_start_and_a_device_gets_its_own_on
         current = pipeline.alerting.signals.current["animal:1:10007"]
         # judged against the week in the aggregates: 48 hourly values 50 + (h % 5), mean 50 + 93 / 48
         assert current[("ratio", "activity_index")] == pytest.approx(51.0 / (50 + 93 / 48))
+        # and against her same hours of those two days (the hour the reading falls in, and the one before)
+        hours = [h for h in range(48) if (NOW - timedelta(hours=h + 1)).hour // 2 == NOW.hour // 2]
+        assert len(hours) == 2 * (1 + (NOW.hour % 2))
+        same_hours = 50 + sum(h % 5 for h in hours) / len(hours)
+        average = pipeline.alerting.signals.baselines._state[("animal:1:10007", "activity_index")][analytics._AVG]
+        assert current[("hour_ratio", "activity_index")] == pytest.approx(average / same_hours, rel=1e-3)
     finally:
         server.should_exit = True
         await task
