@@ -318,10 +318,11 @@ MILK_METRICS = {c: MILK_PRODUCTION.index(c) for c in ("yield_kg", "conductivity_
 # (colostrum and transition milk, about the first 4-5 days). Blood within this long of the calving
 # date Odoo pushes is not a mastitis signal; conductivity and SCC still are.
 COLOSTRUM_S = 5 * 86_400.0
-# A session's yield per hour since her previous session: what a cow secretes, comparable whether she
-# is milked twice a day at fixed hours or by a robot at irregular intervals (a session's yield grows
-# with the interval). Judged only between MILK_RATE_GAP_S bounds: not her first session known, nor
-# one after a gap (a missed session), nor one an hour after the last (a re-attached cluster).
+# Her milk as kilograms an hour over her last two milkings: what a cow secretes, comparable whether
+# she is milked at fixed hours or by a robot at irregular intervals (a session's yield grows with
+# the interval before it); two sessions, so that a parlour's unequal intervals (10 and 14 h) cancel.
+# Only when both intervals lie within MILK_RATE_GAP_S: not after a missed session, nor for a
+# cluster re-attached an hour later.
 MILK_RATE = "yield_kg_per_hour"
 MILK_RATE_GAP_S = (3 * 3_600.0, 24 * 3_600.0)
 _time_of, _uid_of = itemgetter(_S["time"]), itemgetter(_S["device_uid"])
@@ -452,6 +453,7 @@ class Alerting:
         self.restored = _Generations(max_series)
         self.restoring: dict[object, asyncio.Future[None]] = {}
         self._grouped_by: Registry | None = None  # the registry the devices' groups were read from
+        self._milked: dict[str, tuple[float, float, float]] = {}  # cow -> her milking before last, last, its kg
         self.set_rules(rules)
 
     @classmethod
@@ -625,9 +627,12 @@ class Alerting:
             touched: dict[str, Rule] = {}
             signals: SignalMap | None = None
             values = [(metric, row[index]) for metric, index in MILK_METRICS.items()]
-            rate = _rate(row[yield_index], t, self.signals.newest(source, "yield_kg"))
-            if rate is not None:
-                values.append((MILK_RATE, rate))
+            kg, last = row[yield_index], self._milked.get(source)
+            if kg is not None and (last is None or t > last[1]):
+                self._milked[source] = (_NEVER if last is None else last[1], t, kg)
+                rate = None if last is None else _rate(kg, t, *last)
+                if rate is not None:
+                    values.append((MILK_RATE, rate))
             for metric, value in values:
                 if value is None:
                     continue
@@ -753,6 +758,7 @@ class Alerting:
         clocks = self._clocks(now)
         current = self.signals.current
         for source in self.signals.evict(clocks, self.idle_s):
+            self._milked.pop(source, None)
             if not current.get(source):
                 current.pop(source, None)
             kind, farm, ident = source.split(":", 2)
@@ -821,11 +827,12 @@ class Alerting:
         pending = [restoring[k] for k in keys if k in restoring] if restoring else []
         return wanted, pending
 
-def _rate(kg: float | None, t: float, previous: float | None) -> float | None:
-    """Kilograms an hour since her previous session, when the interval is a plausible one."""
-    if kg is None or previous is None or not MILK_RATE_GAP_S[0] <= t - previous <= MILK_RATE_GAP_S[1]:
+def _rate(kg: float, t: float, before_last: float, last: float, last_kg: float) -> float | None:
+    """Kilograms an hour over this session and her last, when both intervals are plausible ones."""
+    low, high = MILK_RATE_GAP_S
+    if not (low <= t - last <= high and low <= last - before_last <= high):
         return None
-    return kg * 3_600.0 / (t - previous)
+    return (kg + last_kg) * 3_600.0 / (t - before_last)
 
 
 def _relevant(signals: SignalMap, rule: Rule, metric: str | None) -> dict[str, float]:

@@ -460,12 +460,6 @@ class Signals:
                     del self.groups[key]
         return emptied
 
-    def newest(self, source: str, metric: str) -> float | None:
-        """The time of the newest reading of a series judged (None for a series not tracked, or seeded
-        from the aggregates and not read since)."""
-        s = self.baselines._state.get((source, metric))
-        return None if s is None or s[_NEWEST] == -math.inf else s[_NEWEST]
-
     def series_of(self, source: str) -> bool:
         """Whether `source` has signals of any metric."""
         signals = self.current.get(source)

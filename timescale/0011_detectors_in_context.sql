@@ -1,6 +1,6 @@
 -- Detectors a farmer can believe (issue 14): each cow judged against her own rhythm (the same hours
--- of her previous days) and beyond her group at the same time, milk as kilograms an hour since her
--- previous milking, lameness as a decline over days, stuck sensors as a device fault. New signals
+-- of her previous days) and beyond her group at the same time, milk as kilograms an hour over her
+-- last two milkings, lameness as a decline over days, stuck sensors as a device fault. New signals
 -- (analytics.py): hour_ratio, hour_zscore, day_ratio, group_ratio, vs_group, day_vs_group; per
 -- device unchanged_h; per cow the derived metric yield_kg_per_hour. Thresholds and their sources:
 --   oestrus          her 1-hour activity average >= 1.35 x the same hours of her last days, beyond her
@@ -14,7 +14,7 @@
 --   rumination_drop  rumination <= 0.75 x her same hours beyond her group's change for 2 h, or below
 --                    300 min/day: a sick cow ruminates 30-50 % less (seed 000 section 3.1); a ration
 --                    change or heat lowers the whole group's 10-25 %.
---   yield_drop       kg an hour since her previous milking <= 0.85 x her own level beyond her group's,
+--   yield_drop       kg an hour over her last two milkings <= 0.85 x her own level beyond her group's,
 --                    and 2.5 standard deviations under her own level, at two milkings in a row (10 h):
 --                    robots milk at irregular intervals, so a session's kilograms say little alone;
 --                    heat lowers a whole group's yield 5-10 %.
