@@ -470,6 +470,7 @@ class Alerting:
             for metric in rule.metrics:
                 self._by_metric.setdefault(metric, []).append(rule)
         self._any_metric = tuple(r for r in self.rules if r.any_metric and not r.on_device)
+        self._tables: dict[tuple[str, str | None], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
         self._device_rules = tuple(r for r in self.rules if r.on_device and not any(
             c.signal == "missed_intervals" for c in r.conditions))
         self._silence_rules = tuple(r for r in self.rules if any(c.signal == "missed_intervals" for c in r.conditions))
@@ -484,6 +485,16 @@ class Alerting:
         self.signals.contextual = None if ANY_METRIC in contextual else frozenset(contextual)
         self.signals.sessions = frozenset(MILK_METRICS) | {MILK_RATE}
         self.longest_suppression_s = max((r.suppression_s for r in self.rules), default=3600.0)
+
+    def _table(self, metric: str, device_type: str | None) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        """The rules a reading of `metric` from a device of `device_type` can change: those naming the
+        metric, and those on every metric; a rule scoped to another device type is not among them."""
+        def fits(rule: Rule) -> bool:
+            return rule.device_type is None or rule.device_type == device_type
+        table = (tuple(filter(fits, self._by_metric.get(metric, ()))), tuple(filter(fits, self._any_metric)))
+        if len(self._tables) < 10_000:  # metric names and device types come from devices: keep a bound
+            self._tables[(metric, device_type)] = table
+        return table
 
     def _regroup(self, registry: Registry) -> None:
         """Each collar's cow in her group as the registry says now."""
@@ -542,7 +553,7 @@ class Alerting:
         out = Decisions()
         if not self.rules:
             return out
-        by_metric, any_metric, fold = self._by_metric, self._any_metric, self.signals.fold
+        tables, fold = self._tables, self.signals.fold
         episodes, any_open, devices, stuck = self.engine.episodes, self._any_sources, self._devices, self._stuck
         wall = time.time()
         if registry is not self._grouped_by:  # cows may have moved to another pen
@@ -571,12 +582,17 @@ class Alerting:
                     values = device.values = {}
                 if values.get(metric) != value:
                     values[metric], device.changed = value, t
-            for rule in by_metric.get(metric, ()):
+            kind = row[ki]
+            table = tables.get((metric, kind))
+            if table is None:
+                table = self._table(metric, kind)
+            fixed, every = table
+            for rule in fixed:
                 if rule.holds(signals) or (rule.code, source) in episodes:
-                    self._judge(rule, source, t, signals, None, out, row[ki], registry, device=device)
-            for rule in any_metric:
+                    self._judge(rule, source, t, signals, None, out, kind, registry, device=device)
+            for rule in every:
                 if rule.holds(signals, metric) or source in any_open:
-                    self._judge(rule, f"{source}:{metric}", t, signals, metric, out, row[ki], registry,
+                    self._judge(rule, f"{source}:{metric}", t, signals, metric, out, kind, registry,
                                 subject_of=source, device=device)
         return out
 
@@ -606,8 +622,13 @@ class Alerting:
             device.battery, device.signal = battery, signal
         if (changed or device.active) and self._device_rules:
             self._judge_device(device, t, out, registry)
-        elif device.values:
-            self._judge_device(device, t, out, registry, self._stuck_rules)
+        elif device.values:  # the stuck rules, judged when they hold or have an episode going
+            source, episodes = device.device_source, self.engine.episodes
+            signals = self.signals.current.get(source, {})
+            for rule in self._stuck_rules:
+                if rule.holds(signals) or (rule.code, source) in episodes:
+                    self._judge(rule, source, t, signals, None, out, device.device_type, registry)
+                    self._note_active(device)
 
     def observe_milk(self, rows: Sequence[tuple], registry: Registry) -> Decisions:
         """Fold milking sessions (yield, conductivity, SCC, blood ...) per cow and judge their rules;
@@ -685,15 +706,14 @@ class Alerting:
                         began=None if onset is None else device.last + onset * device.interval)
         self._note_active(device)
 
-    def _judge_device(self, device: _Device, t: float, out: Decisions, registry: Registry,
-                      rules: tuple[Rule, ...] | None = None) -> None:
+    def _judge_device(self, device: _Device, t: float, out: Decisions, registry: Registry) -> None:
         source = device.device_source
         signals: SignalMap = self.signals.current.get(source, {})
         if device.battery is not None:
             signals = self.signals.set(source, "battery", device.battery)
         if device.signal is not None:
             signals = self.signals.set(source, "signal_strength", device.signal)
-        for rule in self._device_rules if rules is None else rules:
+        for rule in self._device_rules:
             self._judge(rule, source, t, signals, None, out, device.device_type, registry)
         self._note_active(device)
 

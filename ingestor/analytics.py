@@ -64,7 +64,7 @@ class Baseline:
 # the baseline's mean and spread as of the last fold, and whether it was settled then (1.0); the
 # newest reading judged (a reading not newer is late: stored, never judged) and the series' farm.
 (_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED, _NEWEST,
- _FARM, _DAY, _SLOW, _ALPHA_DAY, _ALPHA_SLOW) = range(19)
+ _FARM, _DAY, _SLOW, _ALPHA_DAY, _ALPHA_SLOW, _KEEP_WINDOW, _WINDOWS, _GROUP, _GROUP_SUMS) = range(23)
 # The day's level (half-life 12 h: the daily rhythm mostly averaged out) against the weeks' level
 # (half-life 7 days): a decline over days, as lameness shows in activity and lying, that a cow's own
 # three-day baseline would follow down.
@@ -76,7 +76,8 @@ MIN_FOLD_S = 60.0
 
 
 def _new_state(t: float, value: float, farm: int | None = None) -> list:
-    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm, value, value, 0.0, 0.0]
+    return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm, value, value, 0.0, 0.0, 1.0,
+            None, None, None]
 
 
 def _moments(s: list[float]) -> tuple[float, float]:
@@ -133,13 +134,10 @@ class Baselines:
             s[_ALPHA_AVG] = 1.0 - 0.5 ** (dt / self.average_half_life_s)
             s[_ALPHA_DAY] = 1.0 - 0.5 ** (dt / DAY_HALF_LIFE_S)
             s[_ALPHA_SLOW] = 1.0 - 0.5 ** (dt / SLOW_HALF_LIFE_S)
+            # A reading stands for the time since the last one: `dt` of its same-hours window's daily 2 h.
+            s[_KEEP_WINDOW] = 0.5 ** (min(dt, WINDOW_S) / WINDOW_S / WINDOW_HALF_LIFE_DAYS)
         s[_AVG] += s[_ALPHA_AVG] * (value - s[_AVG])
         s[_LAST_V] = value
-        if std is not None:  # the day's level and the weeks' level (a multi-day decline: lameness)
-            s[_DAY] += s[_ALPHA_DAY] * (value - s[_DAY])
-            s[_SLOW] += s[_ALPHA_SLOW] * (min(max(value, mean - WINSOR_Z * std), mean + WINSOR_Z * std) - s[_SLOW])
-        else:  # until the baseline is settled, both are its mean so far
-            s[_DAY] = s[_SLOW] = mean
         if std is not None:
             reach = WINSOR_Z * std
             value = min(max(value, mean - reach), mean + reach)
@@ -150,7 +148,9 @@ class Baselines:
         s[_REMAINING] *= keep
         s[_LAST_T] = t
         s[_N] += 1
-        s[_MEAN], s[_STD] = _moments(s)
+        gathered = 1.0 - s[_REMAINING]  # as _moments, inline: this runs for every reading
+        mean = s[_SUM] / gathered
+        s[_MEAN], s[_STD] = mean, math.sqrt(max(s[_SQUARES] / gathered - mean * mean, 0.0))
         s[_SETTLED] = float(s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
 
     def restore(self, key: object, t: float, mean: float, std: float, samples: int, span_s: float,
@@ -159,7 +159,7 @@ class Baselines:
         No reading of it has been judged yet, so none that follows is late."""
         gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
         s = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered, mean, mean,
-             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm, mean, mean, 0.0, 0.0]
+             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm, mean, mean, 0.0, 0.0, 1.0, None, None, None]
         s[_SETTLED] = float(samples >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
         self._state[key] = s
 
@@ -202,6 +202,7 @@ GROUP_HALF_LIFE_S = 3_600.0
 GROUP_SESSION_HALF_LIFE_S = 12 * 3_600.0
 GROUP_CLIP = math.log(1.5)
 GROUP_MIN = 5
+_EMPTY_WINDOWS = (0.0, 0.0, 1.0) * WINDOWS  # per window: weighted sum, sum of squares, weight still missing
 
 
 class Signals:
@@ -222,12 +223,11 @@ class Signals:
         self.baselines = Baselines(baseline_half_life_s, average_half_life_s)
         self.current: dict[str, dict[tuple[str, str | None], float]] = {}
         self._keys: dict[str, tuple[tuple[str, str], ...]] = {}  # metric -> its signal keys, made once
-        # Her rhythm and her group, for the metrics some rule asks about so (None: every metric):
-        # same-hours windows per series, and per group (a farm's pen) and metric the weighted sums of
-        # its cows' log ratios (same hours, day) with their weight and time; the cows of each group.
+        # Her rhythm and her group, for the metrics some rule asks about so (None: every metric): per
+        # group (a farm's pen) and metric, the weight, the weighted sums of its cows' log ratios (same
+        # hours, day) and their time; the cows of each group. Each series keeps its same-hours windows.
         self.contextual: frozenset[str] | None = frozenset()
         self.sessions: frozenset[str] = frozenset()  # metrics measured at milkings: no same hours
-        self._windows: dict[tuple[str, str], array] = {}
         self.groups: dict[tuple[object, str], list[float]] = {}
         self.members: dict[object, set[str]] = {}
         self.wanted = frozenset(SIGNALS)
@@ -265,65 +265,83 @@ class Signals:
         keys = self._keys.get(metric)
         if keys is None:
             keys = self._keys[metric] = tuple((name, metric) for name in METRIC_SIGNALS)
-        k_value, k_ratio, k_zscore, k_average, k_rate = keys[:5]
-        signals[k_value] = value
+        signals[keys[0]] = value
         std = None
         if s[_SETTLED]:  # judged against the baseline as it was before this reading
             mean, std = s[_MEAN], s[_STD]
-            signals[k_ratio] = value / mean if mean else 1.0
-            signals[k_zscore] = (value - mean) / std if std else 0.0
+            signals[keys[1]] = value / mean if mean else 1.0
+            signals[keys[2]] = (value - mean) / std if std else 0.0
         last_t = s[_LAST_T]
         if t - last_t >= MIN_FOLD_S:
             last_value = s[_LAST_V]
             baselines._fold(s, t, value, s[_MEAN], std)
             if self._moving:
-                signals[k_average] = s[_AVG]
-                signals[k_rate] = (value - last_value) * 3600.0 / (t - last_t)
+                signals[keys[3]] = s[_AVG]
+                signals[keys[4]] = (value - last_value) * 3600.0 / (t - last_t)
             if self.contextual is None or metric in self.contextual:
-                self._context(s, (source, metric), source, t, t - last_t, signals, keys, group, metric in self.sessions,
-                              std is not None)
+                self._context(s, source, t, value, signals, keys, group, metric in self.sessions, std)
         if metric in THI_INPUTS:
             self._thi(signals)
         return signals
 
-    def _context(self, s: list, key: tuple[str, str], source: str, t: float, dt: float,
-                 signals: dict[tuple[str, str | None], float], keys: tuple, group: object, session: bool,
-                 settled: bool) -> None:
-        """Her own rhythm and her group: the same-hours window of a collar metric, the day's level, and
-        where she stands beyond her group, after a reading has been folded (`dt` after the last). The
-        windows learn from the first day on; the rest waits for her baseline to settle."""
-        k_ratio, k_hour_ratio, k_hour_zscore, k_day_ratio, k_group_ratio, k_vs_group, k_day_vs_group = (
-            keys[1], *keys[5:])
+    def _context(self, s: list, source: str, t: float, value: float, signals: dict[tuple[str, str | None], float],
+                 keys: tuple, group: object, session: bool, std: float | None) -> None:
+        """Her own rhythm and her group, after `value` at `t` has been folded into her baseline (which
+        was settled, with spread `std`, if that is not None): the moving average against the same
+        2-hour window of her previous days (a collar metric; the window learns from the first day on,
+        winsorised as the baseline is), the day's level against the weeks', and where she stands beyond
+        her group."""
+        k_hour_ratio, k_hour_zscore, k_day_ratio, k_group_ratio, k_vs_group, k_day_vs_group = keys[5:]
         if session:
-            own: float | None = signals.get(k_ratio)
+            own: float | None = signals.get(keys[1])
         else:
-            own = self._same_hours(key, t, dt, s[_AVG], signals, k_hour_ratio, k_hour_zscore)
-        if not settled:
+            windows = s[_WINDOWS]
+            if windows is None:
+                windows = s[_WINDOWS] = array("d", _EMPTY_WINDOWS)
+            i = int(t % 86_400.0 // WINDOW_S) * 3
+            remaining, average = windows[i + 2], s[_AVG]
+            if remaining <= WINDOW_UNSETTLED:
+                gathered = 1.0 - remaining
+                mean = windows[i] / gathered
+                std = math.sqrt(max(windows[i + 1] / gathered - mean * mean, 0.0))
+                own = signals[k_hour_ratio] = average / mean if mean else 1.0
+                signals[k_hour_zscore] = (average - mean) / std if std else 0.0
+                reach = WINSOR_Z * std
+                average = min(max(average, mean - reach), mean + reach)
+            else:  # another window's figures would be stale here
+                own = None
+                signals.pop(k_hour_ratio, None)
+                signals.pop(k_hour_zscore, None)
+            keep = s[_KEEP_WINDOW]
+            alpha = 1.0 - keep
+            windows[i] = keep * windows[i] + alpha * average
+            windows[i + 1] = keep * windows[i + 1] + alpha * average * average
+            windows[i + 2] = remaining * keep
+        if std is None:  # until her baseline is settled, the day's and the weeks' level are its mean so far
+            s[_DAY] = s[_SLOW] = s[_MEAN]
             return
+        mean = s[_MEAN]
+        s[_DAY] += s[_ALPHA_DAY] * (value - s[_DAY])
+        s[_SLOW] += s[_ALPHA_SLOW] * (min(max(value, mean - WINSOR_Z * std), mean + WINSOR_Z * std) - s[_SLOW])
         day = s[_DAY] / s[_SLOW] if s[_SLOW] else 1.0
         signals[k_day_ratio] = day
         if own is None:  # figures of another window would be stale here
-            for k in (k_group_ratio, k_vs_group, k_day_vs_group):
-                signals.pop(k, None)
+            signals.pop(k_group_ratio, None)
+            signals.pop(k_vs_group, None)
+            signals.pop(k_day_vs_group, None)
             return
         if group is None:
             return
-        g = self.groups.get((group, key[1]))
-        if g is None:
-            g = self.groups[(group, key[1])] = [0.0, 0.0, 0.0, t]
+        if s[_GROUP] != group:
+            self._join(s, source, group, keys[0][1])
+        g = s[_GROUP_SUMS]
         if t > g[3]:
             keep = 0.5 ** ((t - g[3]) / (GROUP_SESSION_HALF_LIFE_S if session else GROUP_HALF_LIFE_S))
             g[0] *= keep
             g[1] *= keep
             g[2] *= keep
             g[3] = t
-        mine = min(max(math.log(own), -GROUP_CLIP), GROUP_CLIP) if own > 0 else -GROUP_CLIP
-        mine_day = min(max(math.log(day), -GROUP_CLIP), GROUP_CLIP) if day > 0 else -GROUP_CLIP
-        members = self.members.get(group)
-        if members is None:
-            members = self.members[group] = set()
-        members.add(source)
-        if len(members) < GROUP_MIN or g[0] < 1.0:
+        if g[0] < 1.0 or len(self.members[group]) < GROUP_MIN:
             signals[k_group_ratio], signals[k_vs_group], signals[k_day_vs_group] = 1.0, own, day
         else:  # the others' level: before her reading is taken in
             level = math.exp(g[1] / g[0])
@@ -331,38 +349,23 @@ class Signals:
             signals[k_vs_group] = own / level
             signals[k_day_vs_group] = day / math.exp(g[2] / g[0])
         g[0] += 1.0
-        g[1] += mine
-        g[2] += mine_day
+        g[1] += min(max(math.log(own), -GROUP_CLIP), GROUP_CLIP) if own > 0 else -GROUP_CLIP
+        g[2] += min(max(math.log(day), -GROUP_CLIP), GROUP_CLIP) if day > 0 else -GROUP_CLIP
 
-    def _same_hours(self, key: tuple[str, str], t: float, dt: float, average: float,
-                    signals: dict[tuple[str, str | None], float], k_ratio: tuple, k_zscore: tuple) -> float | None:
-        """The moving average against the same 2-hour window of her previous days (ratio and z-score,
-        None until the window is trusted); then the window takes it in, winsorised as the baseline is."""
-        windows = self._windows.get(key)
-        if windows is None:
-            windows = self._windows[key] = array("d", (0.0, 0.0, 1.0) * WINDOWS)
-        i = int(t % 86_400.0 // WINDOW_S) * 3
-        remaining = windows[i + 2]
-        own = None
-        if remaining <= WINDOW_UNSETTLED:
-            gathered = 1.0 - remaining
-            mean = windows[i] / gathered
-            std = math.sqrt(max(windows[i + 1] / gathered - mean * mean, 0.0))
-            own = average / mean if mean else 1.0
-            signals[k_ratio] = own
-            signals[k_zscore] = (average - mean) / std if std else 0.0
-            reach = WINSOR_Z * std
-            average = min(max(average, mean - reach), mean + reach)
-        else:  # another window's figures would be stale here
-            signals.pop(k_ratio, None)
-            signals.pop(k_zscore, None)
-        # A reading stands for the time since the last one: `dt` of the window's daily 2 hours.
-        alpha = 1.0 - 0.5 ** (min(dt, WINDOW_S) / WINDOW_S / WINDOW_HALF_LIFE_DAYS)
-        keep = 1.0 - alpha
-        windows[i] = keep * windows[i] + alpha * average
-        windows[i + 1] = keep * windows[i + 1] + alpha * average * average
-        windows[i + 2] = remaining * keep
-        return own
+    def _join(self, s: list, source: str, group: object, metric: str) -> None:
+        """A series' cow joins `group` (her first reading, or she moved pen)."""
+        if s[_GROUP] is not None:
+            old = self.members.get(s[_GROUP])
+            if old is not None:
+                old.discard(source)
+        members = self.members.get(group)
+        if members is None:
+            members = self.members[group] = set()
+        members.add(source)
+        sums = self.groups.get((group, metric))
+        if sums is None:
+            sums = self.groups[(group, metric)] = [0.0, 0.0, 0.0, -math.inf]
+        s[_GROUP], s[_GROUP_SUMS] = group, sums
 
     def _first(self, source: str, farm: int | None, t: float, metric: str, value: float
                ) -> dict[tuple[str, str | None], float] | None:
@@ -421,12 +424,12 @@ class Signals:
     def restore_window(self, source: str, metric: str, window: int, mean: float, std: float, days: float) -> None:
         """Seed one same-hours window of a series just seeded from the aggregates: its mean and spread
         over `days` days."""
-        key = (source, metric)
-        if key not in self.baselines or not 0 <= window < WINDOWS:
+        s = self.baselines._state.get((source, metric))
+        if s is None or not 0 <= window < WINDOWS:
             return
-        windows = self._windows.get(key)
+        windows = s[_WINDOWS]
         if windows is None:
-            windows = self._windows[key] = array("d", (0.0, 0.0, 1.0) * WINDOWS)
+            windows = s[_WINDOWS] = array("d", _EMPTY_WINDOWS)
         remaining = 0.5 ** (days / WINDOW_HALF_LIFE_DAYS)
         gathered = 1.0 - remaining
         windows[3 * window:3 * window + 3] = array("d", (mean * gathered, (std * std + mean * mean) * gathered,
@@ -440,7 +443,6 @@ class Signals:
         emptied = set()
         for key in stale:
             s = state.pop(key)
-            self._windows.pop(key, None)
             self.per_farm[s[_FARM]] -= 1
             source, metric = key
             signals = self.current.get(source)
