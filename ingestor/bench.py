@@ -131,14 +131,16 @@ def http_bodies(rows: list[tuple], batch: int = HTTP_BATCH) -> list[bytes]:
     return bodies
 
 
-async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: int) -> tuple[Figure, list[float]]:
+async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: int,
+                        alerts: bool = True) -> tuple[Figure, list[float]]:
     async with _connect(dsn) as conn:
         key = await apikeys.create(conn, [1], name="bench")
     latencies: list[float] = []
     queue = list(reversed(bodies))
     progress = tqdm(total=rows, desc="HTTP batches", unit="row", unit_scale=True, leave=False)
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
-    async with (running_server(dsn, {"SMART_DAIRY_MQTT_ENABLED": "false"}) as (url, _),
+    env = {"SMART_DAIRY_MQTT_ENABLED": "false", **({} if alerts else {"SMART_DAIRY_ALERTS_ENABLED": "false"})}
+    async with (running_server(dsn, env) as (url, _),
                 httpx.AsyncClient(base_url=url, timeout=60, headers=headers) as client):
 
         async def post() -> None:
@@ -156,7 +158,8 @@ async def _through_http(dsn: str, bodies: list[bytes], rows: int, *, clients: in
         await asyncio.gather(*(post() for _ in range(clients)))
         seconds = time.perf_counter() - started
     progress.close()
-    return Figure(f"HTTP batches of {HTTP_BATCH:,}, {clients} clients, to commit", rows, seconds), latencies
+    label = f"HTTP batches of {HTTP_BATCH:,}, {clients} clients, to commit{'' if alerts else ', alerts off'}"
+    return Figure(label, rows, seconds), latencies
 
 
 @contextlib.asynccontextmanager
@@ -374,13 +377,21 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
         bodies = http_bodies(data)
         for figure in _decode_figures(bodies, rows):
             lines.append(figure.line(ceiling))
-        async with pool.acquire() as conn:
-            await _reset(conn, result.profile)
-        http, latencies = await _through_http(dsn, bodies, rows, clients=http_clients)
-        stored = await pool.fetchval("SELECT count(*) FROM iot.sensor_data")
-        assert stored == rows, f"HTTP: stored {stored} of {rows} rows"
-        lines.append(f"{http.line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
-                     f"p99 {_percentile(latencies, .99) * 1000:.0f} ms")
+        judged: dict[bool, Figure] = {}
+        for alerts_on in dict.fromkeys((False, Settings().alerts_enabled)):  # the cost of judging, in the same run
+            async with pool.acquire() as conn:
+                await _reset(conn, result.profile)
+            judged[alerts_on], latencies = await _through_http(dsn, bodies, rows, clients=http_clients,
+                                                               alerts=alerts_on)
+            stored = await pool.fetchval("SELECT count(*) FROM iot.sensor_data")
+            assert stored == rows, f"HTTP: stored {stored} of {rows} rows"
+            lines.append(f"{judged[alerts_on].line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
+                         f"p99 {_percentile(latencies, .99) * 1000:.0f} ms")
+        http = judged[True] if True in judged else judged[False]
+        if True in judged:
+            cost = (1 / judged[True].rate - 1 / judged[False].rate) * 1e6
+            lines.append(f"judging every built-in rule costs {cost:.2f} us a reading over HTTP "
+                         f"({judged[True].rate / judged[False].rate:.2f}x the rate with alerts off)")
         if compression_days:
             lines.append(await _compression(pool, result.profile, compression_days))
         if Broker.available():
