@@ -65,9 +65,22 @@ async def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     dsn = args.dsn or _with_database(settings.dsn, "smart_dairy_evaluate")
-    lines = await evaluate.run(dsn, settings.migrations_dir, cows=args.cows, days=args.days, zones=args.zones,
-                               interval_s=args.interval, seed=args.seed, profile=args.profile,
-                               ground_truth=args.ground_truth, keep=args.keep)
+    try:
+        seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"smart-dairy evaluate: --seeds takes comma-separated integers, got {args.seeds!r}") from None
+    shapes = [v.strip() for v in args.shapes.split(",") if v.strip()]
+    if not seeds or not shapes or set(shapes) - set(herd.SHAPES):
+        raise SystemExit(f"smart-dairy evaluate: --seeds and --shapes need at least one each; shapes are "
+                         f"{', '.join(herd.SHAPES)}")
+
+    def echo(lines: list[str]) -> None:
+        print("\n".join(lines) + "\n", flush=True)
+
+    lines = await evaluate.run_matrix(dsn, settings.migrations_dir, seeds=seeds, shapes=shapes, echo=echo,
+                                      cows=args.cows, days=args.days, zones=args.zones, interval_s=args.interval,
+                                      profile=args.profile, ground_truth=args.ground_truth, keep=args.keep,
+                                      events_per_cow_day=args.events_per_cow_day)
     print("\n".join(lines))
     return 0
 
@@ -289,15 +302,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(run=_simulate)
 
-    p = sub.add_parser("evaluate", help="a labelled simulated herd through the pipeline: alert precision and recall")
-    p.add_argument("--cows", type=int, default=500)
-    p.add_argument("--days", type=float, default=30.0)
+    p = sub.add_parser("evaluate", help="labelled simulated farms through the pipeline: alert precision and recall "
+                                        "per run and pooled over seeds and farm shapes")
+    p.add_argument("--cows", type=int, default=200)
+    p.add_argument("--days", type=float, default=28.0)
     p.add_argument("--zones", type=int, default=4)
     p.add_argument("--interval", type=float, default=900.0, help="seconds between collar and climate readings")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seeds", default=",".join(map(str, evaluate.DEFAULT_SEEDS)),
+                   help="comma-separated seeds, each run on every shape (default %(default)s)")
+    p.add_argument("--shapes", default=",".join(evaluate.DEFAULT_SHAPES),
+                   help=f"comma-separated farm shapes of {', '.join(herd.SHAPES)} (default %(default)s)")
+    p.add_argument("--events-per-cow-day", type=float, default=None,
+                   help="replace the literature's rates of health and device events (a stress test)")
     p.add_argument("--profile", choices=["auto", *storage.PROFILES], default="auto")
-    p.add_argument("--ground-truth", type=Path, metavar="FILE", help="also write the labelled events here")
-    p.add_argument("--keep", action="store_true", help="keep the scratch database to look at")
+    p.add_argument("--ground-truth", type=Path, metavar="FILE",
+                   help="also write every run's labelled and context events here (JSON lines with seed and shape)")
+    p.add_argument("--keep", action="store_true", help="keep the last run's scratch database to look at")
     p.add_argument("--dsn", help="scratch database, dropped and re-made (default: smart_dairy_evaluate)")
     p.set_defaults(run=_evaluate)
 
