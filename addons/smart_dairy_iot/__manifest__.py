@@ -1,7 +1,7 @@
 {
     "name": "Smart Dairy IoT",
     "summary": "Farm registry, devices, milk and alerts of the Smart Dairy IoT platform inside Odoo",
-    "version": "19.0.1.0.0",
+    "version": "19.0.1.1.0",
     "category": "Agriculture",
     "license": "LGPL-3",
     "author": "Smart Dairy",

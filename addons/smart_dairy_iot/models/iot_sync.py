@@ -56,7 +56,7 @@ class SdIotSync(models.AbstractModel):
         watermark = params.get_param(PUSH_WATERMARK)
         since = None if full or not watermark else fields.Datetime.to_datetime(watermark) - PUSH_OVERLAP
         started = cr.now()
-        # Built-in rules that later migrations seed in iot become editable here before rules are pushed.
+        # Built-in rules that later migrations seed or change in iot reach Odoo before rules are pushed.
         self.env["sd.alert.rule"]._import_from_iot(builtin_only=True)
         self.env.flush_all()
         changed = {

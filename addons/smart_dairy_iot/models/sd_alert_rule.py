@@ -1,8 +1,10 @@
 import json
+import logging
 
+from markupsafe import Markup
 from odoo import api, fields, models
 from odoo.exceptions import UserError, ValidationError
-from odoo.tools import SQL
+from odoo.tools import SQL, float_round
 
 from .sd_device import DEVICE_TYPES
 
@@ -39,12 +41,20 @@ CATEGORIES = [
     ("anomaly", "Anomaly"),
     ("other", "Other"),
 ]
+VALUE_DIGITS = (16, 4)
+
+_logger = logging.getLogger(__name__)
+
+
+def canonical(definition):
+    """A definition (see SdAlertRule._definition) as the text shipped_definition holds and compares."""
+    return json.dumps(definition, sort_keys=True)
 
 
 class SdAlertRule(models.Model):
     _name = "sd.alert.rule"
     _description = "Alert rule"
-    _inherit = ["sd.farm.rules.mixin"]
+    _inherit = ["mail.thread", "sd.farm.rules.mixin"]
     _order = "builtin desc, category, code"
 
     code = fields.Char(required=True, help="Stable identifier, stored on every alert the rule raises.")
@@ -65,6 +75,9 @@ class SdAlertRule(models.Model):
     auto_resolve = fields.Boolean(default=True, help="Resolve the alert when the conditions no longer hold.")
     builtin = fields.Boolean(readonly=True, help="Shipped with the platform: it can be tuned or archived, not deleted.")
     active = fields.Boolean(default=True)
+    # What the ingestor's migrations shipped for a built-in rule, when Odoo last took or saw it: while the
+    # rule still equals it (not tuned here), Odoo takes the next definition shipped (_follow_shipped).
+    shipped_definition = fields.Text(readonly=True, copy=False, groups="base.group_system")
 
     _code_unique = models.Constraint("UNIQUE(code)", "Another rule has this code.")
     _durations_positive = models.Constraint(
@@ -96,10 +109,21 @@ class SdAlertRule(models.Model):
         if any(rule.builtin for rule in self):
             raise UserError(self.env._("Built-in rules cannot be deleted: archive them instead."))
 
-    def _conditions_json(self):
+    def _conditions(self):
         """The conditions as the ingestor reads them: [{"signal", "metric", "op", "value"}]."""
-        return json.dumps([{"signal": c.signal, "metric": c.metric or None, "op": c.operator, "value": c.value}
-                           for c in self.condition_ids.sorted("sequence")])
+        return [{"signal": c.signal, "metric": c.metric or None, "op": c.operator, "value": c.value}
+                for c in self.condition_ids.sorted("sequence")]
+
+    def _conditions_json(self):
+        return json.dumps(self._conditions())
+
+    def _definition(self):
+        """What the rule has the ingestor do: the columns pushed to iot but the code, scope, builtin and active."""
+        self.ensure_one()
+        return {"name": self.name, "device_type": self.device_type or None, "category": self.category,
+                "severity": self.severity, "combine": self.combine, "conditions": self._conditions(),
+                "duration_s": self.duration_s, "suppression_s": self.suppression_s,
+                "max_per_hour": self.max_per_hour, "auto_resolve": self.auto_resolve}
 
     @api.model
     def _import_from_iot(self, builtin_only=False):
@@ -107,16 +131,92 @@ class SdAlertRule(models.Model):
 
         The migrations seed the built-in detectors there; once imported they are edited here and
         pushed back. After install only built-in ones are imported: a rule deleted in Odoo stays in iot,
-        inactive, and must not come back.
+        inactive, and must not come back. Built-in rules Odoo knows follow what later migrations ship
+        there (_follow_shipped).
         """
-        known = set(self.with_context(active_test=False).search([]).mapped("code"))
+        rules = self.with_context(active_test=False).search([])
+        by_code = {rule.code: rule for rule in rules}
         self.env.cr.execute(SQL(
             """SELECT code, name, farm_id, zone_id, animal_id, device_type, category, severity, combine,
                       conditions, duration_s, suppression_s, max_per_hour, auto_resolve, builtin, active
-               FROM iot.alert_rules WHERE NOT (code = ANY(%s)) AND (builtin OR NOT %s) ORDER BY id""",
-            list(known), builtin_only))
-        vals_list = [self._vals_from_iot(row) for row in self.env.cr.dictfetchall()]
+               FROM iot.alert_rules WHERE builtin OR NOT %s ORDER BY id""", builtin_only))
+        rows = self.env.cr.dictfetchall()
+        for row in rows:
+            rule = by_code.get(row["code"])
+            if rule and rule.builtin and row["builtin"]:
+                rule._follow_shipped(row)
+        vals_list = [self._vals_from_iot(row) for row in rows if row["code"] not in by_code]
         return self.with_context(active_test=False).create(vals_list) if vals_list else self.browse()
+
+    def _follow_shipped(self, row):
+        """Take iot's definition of this built-in rule when a migration shipped a new one there.
+
+        iot's row holds what Odoo pushed last, what a migration shipped, or (briefly) the definition Odoo
+        already took. A new definition is taken when the rule still equals the one it last took: nobody
+        tuned it here. A tuned rule is kept, and pushed over iot's row as before (the write of
+        shipped_definition makes even an incremental push send it); its chatter says what was shipped.
+        """
+        self.ensure_one()
+        definition, ours = self._definition_from_iot(row), self._definition()
+        shipped, own = canonical(definition), canonical(ours)
+        if shipped in (own, self.shipped_definition):
+            return
+        changes = Markup().join(Markup("<li>%s: %s</li>") % (
+            self._fields["condition_ids" if key == "conditions" else key]._description_string(self.env),
+            self._describe(key, value, definition["combine"]),
+        ) for key, value in definition.items() if value != ours[key])
+        tuned = own != self.shipped_definition
+        if not tuned:
+            self.write({**self._vals_from_definition(definition, replace=True), "shipped_definition": shipped})
+            message = self.env._("This built-in rule now follows the definition shipped with the platform:")
+        else:
+            self.shipped_definition = shipped
+            message = self.env._("A newer definition of this built-in rule was shipped with the platform. This "
+                                 "rule was tuned here, so the tuned version stays in force; to adopt the new "
+                                 "definition, change the rule to:")
+        self.message_post(body=Markup("<p>%s</p><ul>%s</ul>") % (message, changes), subtype_xmlid="mail.mt_note")
+        _logger.info("built-in alert rule %s: %s", self.code,
+                     "tuned here, kept; new shipped definition noted" if tuned else "took the new shipped definition")
+
+    def _describe(self, key, value, combine):
+        """A definition's value as a farm manager reads it."""
+        if key == "conditions":
+            signals = dict(self.env["sd.alert.rule.condition"]._fields["signal"]._description_selection(self.env))
+            return f" {combine} ".join(
+                " ".join(filter(None, (signals[c["signal"]], c["metric"] and f"({c['metric']})", c["op"],
+                                       f"{c['value']:g}"))) for c in value)
+        if self._fields[key].type == "selection":
+            return dict(self._fields[key]._description_selection(self.env)).get(value, value or "-")
+        return str(value)
+
+    @api.model
+    def _definition_from_iot(self, row):
+        """The definition of an `iot.alert_rules` row as Odoo holds it (values it does not know replaced)."""
+        conditions = row["conditions"] if isinstance(row["conditions"], list) else json.loads(row["conditions"])
+        valid = dict(SIGNALS), dict(OPERATORS), dict(CATEGORIES), dict(DEVICE_TYPES)
+        return {
+            "name": row["name"],
+            "device_type": row["device_type"] if row["device_type"] in valid[3] else None,
+            "category": row["category"] if row["category"] in valid[2] else "other",
+            "severity": row["severity"], "combine": row["combine"],
+            "conditions": [{
+                "signal": c["signal"] if c["signal"] in valid[0] else "value", "metric": c.get("metric") or None,
+                "op": c["op"] if c["op"] in valid[1] else ">",
+                "value": float_round(float(c["value"]), precision_digits=VALUE_DIGITS[1]),
+            } for c in conditions],
+            "duration_s": row["duration_s"], "suppression_s": row["suppression_s"],
+            "max_per_hour": row["max_per_hour"], "auto_resolve": row["auto_resolve"],
+        }
+
+    @api.model
+    def _vals_from_definition(self, definition, replace=False):
+        """Values that give a rule `definition`; `replace`: instead of its current conditions."""
+        vals = {**definition, "device_type": definition["device_type"] or False}
+        vals["condition_ids"] = ([fields.Command.clear()] if replace else []) + [fields.Command.create({
+            "sequence": i, "signal": c["signal"], "metric": c["metric"] or False, "operator": c["op"],
+            "value": c["value"],
+        }) for i, c in enumerate(vals.pop("conditions"))]
+        return vals
 
     def _vals_from_iot(self, row):
         def existing(model, record_id):
@@ -126,22 +226,12 @@ class SdAlertRule(models.Model):
         # A rule limited to a zone or an animal watches that one's farm, and is a rule of that farm here.
         farm = (self.env["sd.zone"].browse(zone).farm_id.id or self.env["sd.animal"].browse(animal).farm_id.id
                 or existing("sd.farm", row["farm_id"]))
-        conditions = row["conditions"] if isinstance(row["conditions"], list) else json.loads(row["conditions"])
-        valid = dict(SIGNALS), dict(OPERATORS), dict(CATEGORIES), dict(DEVICE_TYPES)
+        definition = self._definition_from_iot(row)
         return {
-            "code": row["code"], "name": row["name"],
-            "farm_id": farm, "zone_id": zone, "animal_id": animal,
-            "device_type": row["device_type"] if row["device_type"] in valid[3] else False,
-            "category": row["category"] if row["category"] in valid[2] else "other",
-            "severity": row["severity"], "combine": row["combine"],
-            "duration_s": row["duration_s"], "suppression_s": row["suppression_s"],
-            "max_per_hour": row["max_per_hour"], "auto_resolve": row["auto_resolve"],
+            **self._vals_from_definition(definition),
+            "code": row["code"], "farm_id": farm, "zone_id": zone, "animal_id": animal,
             "builtin": row["builtin"], "active": row["active"],
-            "condition_ids": [fields.Command.create({
-                "sequence": i, "signal": c["signal"] if c["signal"] in valid[0] else "value",
-                "metric": c.get("metric") or False, "operator": c["op"] if c["op"] in valid[1] else ">",
-                "value": float(c["value"]),
-            }) for i, c in enumerate(conditions)],
+            "shipped_definition": canonical(definition) if row["builtin"] else False,
         }
 
 
@@ -156,7 +246,7 @@ class SdAlertRuleCondition(models.Model):
     signal = fields.Selection(SIGNALS, required=True, default="value")
     metric = fields.Char(help="Metric name, e.g. temperature_c or activity_index. Empty or * : any metric.")
     operator = fields.Selection(OPERATORS, required=True, default=">")
-    value = fields.Float(required=True, digits=(16, 4))
+    value = fields.Float(required=True, digits=VALUE_DIGITS)
 
     def _sd_farm_access_message(self, operation, forbidden):
         if any(not condition.rule_id.farm_id for condition in forbidden.sudo()):

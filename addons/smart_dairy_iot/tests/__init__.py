@@ -1,5 +1,6 @@
 from . import (
     test_alert_pull,
+    test_builtin_rules,
     test_export,
     test_install,
     test_registry_push,
