@@ -55,7 +55,7 @@ DETECTORS = (
     Detector("oestrus", ("oestrus",), ("oestrus",), timedelta(hours=2), "SN >= 85 % at PPV >= 85 %", 0.85, 0.85),
     Detector("mastitis", ("mastitis", "mastitis_yield"), ("mastitis",), MILK_WAIT,
              "SN >= 80 % at SP >= 99 % per cow-day", 0.80, None, 0.99),
-    Detector("subclinical", ("mastitis", "mastitis_yield"), ("subclinical_mastitis", "mastitis"), MILK_WAIT),
+    Detector("subclinical_mastitis", ("mastitis", "mastitis_yield"), ("subclinical_mastitis", "mastitis"), MILK_WAIT),
     Detector("fever", ("fever",), ("fever",), timedelta(hours=2), "recall >= 95 %", 0.95),
     Detector("heat_stress", ("heat_stress",), ("heat_stress",), timedelta(hours=1), "recall >= 95 %", 0.95),
     Detector("rumination", ("rumination_drop",), ("rumination_drop", "fever"), timedelta(hours=3)),
@@ -127,7 +127,7 @@ class Score:
         spec = self.specificity
         extra = "" if spec is None else f"  specificity {spec:.2%} per cow-day"
         target = f"  {self.detector.target}: {self.verdict()}" if self.detector.target else ""
-        return (f"{self.detector.name:<16} {self.events:>6} {self.found:>6} {self.recall:>8.1%} {self.alerts:>7} "
+        return (f"{self.detector.name:<20} {self.events:>6} {self.found:>6} {self.recall:>8.1%} {self.alerts:>7} "
                 f"{self.true:>5} {self.precision:>9.1%} {delay_text:>13}{target}{extra}").rstrip()
 
     def weak_line(self) -> str:
@@ -141,7 +141,7 @@ class Score:
         self.delays += other.delays
 
 
-HEADER = (f"{'detector':<16} {'events':>6} {'found':>6} {'recall':>8} {'alerts':>7} {'true':>5} {'precision':>9} "
+HEADER = (f"{'detector':<20} {'events':>6} {'found':>6} {'recall':>8} {'alerts':>7} {'true':>5} {'precision':>9} "
           f"{'median delay':>13}")
 
 

@@ -599,7 +599,9 @@ class HerdState:
         n = self.cows
         hours = MILKING_HOURS[self.milkings]
         first_day = (t.timestamp() // DAY) * DAY
-        self._next_sessions = [first_day + h * HOUR for h in hours]
+        # Sessions from the first tick on: the cows were all milked at the last one before it (below).
+        self._next_sessions = sorted(d + h * HOUR for d in (first_day, first_day + DAY) for h in hours
+                                     if d + h * HOUR >= t.timestamp())[:len(hours)]
         self._sessions: list[tuple[float, float, np.ndarray, np.ndarray]] = []
         parlour_cows = int(self.in_parlour.sum())
         self._session_hours = max(parlour_cows / PARLOUR_COWS_PER_HOUR, 0.25)
