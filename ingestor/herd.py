@@ -25,33 +25,36 @@ The farm (`HerdState`)
 - Behaviour: each cow has her own level and amplitude of a diurnal rhythm: lying ~11.5 h/day, most of
   it at night (Ito et al. 2009, J Dairy Sci 92:4412), rumination ~500 min/day (sd 50 between cows),
   more at night and an hour or two after fresh feed, eating ~4.5 h/day peaking after feed delivery
-  (DeVries et al. 2003, J Dairy Sci 86:3354), activity peaking at feed delivery, push-ups and (in a
+  (DeVries et al. 2003, J Dairy Sci 86:4079), activity peaking at feed delivery, push-ups and (in a
   parlour) the walk to and from milking; robots spread all of that over the day. Collars report
   rumination, eating and resting as the minutes of the last 2 hours as a daily rate (x12), as neck tags
   report 2-hour blocks (Schirmann et al. 2009, J Dairy Sci 92:6052). Body temperature ~38.6 degC with a
-  circadian swing of 0.3-0.5 degC peak to peak, highest in the late afternoon (Bitman et al. 1984,
-  J Dairy Sci 67:1014).
+  circadian swing of 0.3-0.5 degC peak to peak, highest in the late afternoon, as the issue asks (core
+  temperature studies find 0.5-1.4 degC with other shapes: Bitman et al. 1984, J Dairy Sci 67:1014;
+  Piccione et al. 2003, BMC Physiol 3:7; a collar at the neck sees less).
 - Climate: a summer barn, each day's maximum drawn around a per-run level of 19-24 degC with
   day-to-day persistence, coolest at 05:00 and warmest at 15:00, humidity lowest in the afternoon. THI
   from NRC (1971): (1.8 T + 32) - (0.55 - 0.0055 RH)(1.8 T - 26); cows are heat stressed above 72
-  (Armstrong 1994, J Dairy Sci 77:2044) and respond from ~68 (Zimbelman et al. 2009).
+  (Armstrong 1994, J Dairy Sci 77:2044) and respond from ~68 (Zimbelman et al. 2009, Proc Southwest
+  Nutr Conf).
 
 Ground truth (`EVENT_KINDS`, scored), rates per cow-year unless said
 - oestrus: every open cycling cow every 18-24 days (21 +- 1.5); first ovulation at ~33 days in milk
   (Loevendahl & Chagunda 2010, J Dairy Sci 93:249), half of first ovulations silent (no event); 15 % of
   open cows anoestrous; pregnant cows (a 20 % 21-day pregnancy rate after a 50-day waiting period) and
   cows early in lactation do not cycle; a heat after 50 days conceives with p 0.3. Activity 2-4x
-  baseline (Kiddy 1977, J Dairy Sci 60:235: 2.75-4x; Roelofs et al. 2005, Theriogenology 63:1366),
+  baseline (Kiddy 1977, J Dairy Sci 60:235: 2.75-4x; Roelofs et al. 2005, Theriogenology 64:1690),
   but ~25 % are weak heats of 1.3-1.6x, more in high yielders (Lopez et al. 2004, Anim Reprod Sci
   81:209: shorter and weaker oestrus above 39.5 kg/day) and lame cows (Dobson et al. 2008, Animal
   2:1104: intensity halved); 6-24 h (12 +- 4; Silper et al. 2015, J Dairy Sci 98:3158: ~14 h),
-  starting at any hour; rumination -17 % (Reith & Hoy 2012), less lying. Event intensity: the
+  starting at any hour; rumination -17 % (Reith & Hoy 2012, J Dairy Sci 95:6416), less lying, body
+  temperature +0.3 degC (assumed). Event intensity: the
   activity multiple. Field detection rates of such systems: Kamphuis et al. 2012 (J Dairy Sci 95:3045).
 - mastitis (clinical): 30 per 100 cow-years (Olde Riekerink et al. 2008, J Dairy Sci 91:1366: 23),
   3x in the first 30 days; 2-5 days; conductivity up 12-50 % from ~12 h before the signs and for days
   after (Norberg et al. 2004), yield down 10-30 % (Rajala-Schultz et al. 1999, J Dairy Sci 82:1213),
   blood in some milkings; 10 % severe with a fever (a fever event of its own), 30 % moderate with
-  rumination down (Oliveira et al. 2013). Intensity: the conductivity multiple.
+  rumination down (Oliveira et al. 2013, J Dairy Sci 96:7538). Intensity: the conductivity multiple.
 - subclinical_mastitis: 80 new cases per 100 cow-years, 30-120 days; 15 % of cows infected at the
   start (prevalence of SCC > 200,000 in many herds); conductivity up 4-12 %, yield down 1-5 % (Hortet &
   Seegers 1998, Prev Vet Med 37:1).
@@ -75,24 +78,25 @@ Ground truth (`EVENT_KINDS`, scored), rates per cow-year unless said
 Context (`CONTEXT_KINDS`: recorded, never scored as truths)
 - heat_wave: 1 per 30 days (a temperate summer), 2-3 days of +6-10 degC (THI well over 72): cows'
   rumination -10-20 % (Soriani et al. 2013, J Dairy Sci 96:5082), body temperature +0.3-0.8 degC,
-  less lying and daytime activity (Allen et al. 2015), yield -5-10 % with a lag of 1-2 days (West 2003,
-  J Dairy Sci 86:2131).
+  less lying and daytime activity (Allen et al. 2015, J Dairy Sci 98:118), yield -5-10 % with a lag of
+  1-2 days (West 2003, J Dairy Sci 86:2131).
 - feed_change: a new ration every ~14 days, for the herd or a pen: rumination -15-25 % for 1-3 days,
   yield wobbles (assumed from the transition response in Beauchemin 2018, J Dairy Sci 101:4762).
 - regrouping: weekly, 3-10 % of a pen's cows moved in: activity +20-60 % for 12-36 h, rumination and
-  lying down (von Keyserlingk et al. 2008, J Dairy Sci 91:1011; Schirmann et al. 2011).
+  lying down (von Keyserlingk et al. 2008, J Dairy Sci 91:1011; Schirmann et al. 2011, J Dairy Sci
+  94:2312).
 - breakdown: the parlour or a robot down 2-6 h, ~1 per unit per 30 days: milkings wait, the next is
   bigger.
 - fresh_cow: calving (during the run, or fewer than 10 days in milk at the start): rumination down
-  ~30 % the day before and slowly back over 10 days (Schirmann et al. 2013, J Dairy Sci 96:2774),
+  ~30 % the day before and slowly back over 10 days (Schirmann et al. 2013, J Dairy Sci 96:7088),
   restlessness before calving, slightly warmer, colostrum's conductivity, blood in the first milkings of
   15 % of fresh cows (assumed), yield climbing.
 
 Transport faults (with `faults`): a fifth of the collars and climate sensors deliver 2-6 % of their
-messages 1-6 hours late (store and forward); 1 % of messages arrive twice (MQTT QoS 1 redelivery); 4 % of
-collars' clocks are 1-10 minutes off. With `fahrenheit`, that many collars report body temperature in
-degF: the contract's collar payload has no unit field, so their temperature goes as a reading batch with
-metric_unit degF to SENSOR_BATCH (the HTTP batch endpoint), the rest of their payload over MQTT.
+messages 1-6 hours late (store and forward); 1 % of collar and climate messages arrive twice (MQTT QoS 1
+redelivery); 4 % of collars' clocks are 1-10 minutes off. With `fahrenheit`, that many collars report
+body temperature in degF: the contract's collar payload has no unit field, so their temperature goes as a
+reading batch with metric_unit degF to SENSOR_BATCH (the HTTP batch endpoint), the rest over MQTT.
 """
 
 from __future__ import annotations
