@@ -332,6 +332,25 @@ _DEVICE_SIGNALS = (("battery", None), ("signal_strength", None), ("missed_interv
 DEFAULT_INTERVAL_S = 300
 
 
+# Around calving a cow ruminates about a third less and recovers over 10 days or so (Schirmann et al.
+# 2013, J Dairy Sci 96:7088), walks and eats differently and climbs in milk: her own previous days
+# (dry) are not her normal. For FRESH_S after the calving date Odoo pushes she is judged beside the
+# farm's other fresh cows (their group, FRESH), whatever her pen: a fresh cow with ketosis or a
+# displaced abomasum still stands out from them.
+FRESH_S = 14 * 86_400.0
+FRESH = "fresh cows"
+
+
+def cow_group(registry: Registry, farm: int, animal: int, t: float) -> tuple[tuple[int, str | None], float]:
+    """Her group at data time `t` (her pen, or the fresh cows), and when that changes."""
+    calved = registry.calvings.get(animal)
+    if calved is not None and t < calved + FRESH_S:
+        if t >= calved:
+            return (farm, FRESH), calved + FRESH_S
+        return (farm, registry.groups.get(animal)), calved
+    return (farm, registry.groups.get(animal)), math.inf
+
+
 def source_key(farm: int, animal: int | None, zone: int | None, uid: str) -> str:
     """The source a reading tells about, within its farm: its cow, else its barn zone, else its device.
     Ids are only unique within a farm (another farm may send an id it has not registered)."""
@@ -360,7 +379,7 @@ class _Device:
     time), its battery and signal, and whether one of its device rules has an episode going."""
 
     __slots__ = ("active", "animal", "battery", "changed", "device_source", "device_type", "farm", "group", "interval",
-                 "last", "signal", "source", "uid", "values", "zone")
+                 "last", "regroup_at", "signal", "source", "uid", "values", "zone")
 
     def __init__(self, uid: str, farm: int, device_type: str | None, interval: float) -> None:
         self.uid, self.farm, self.device_type, self.interval = uid, farm, device_type, interval
@@ -372,6 +391,7 @@ class _Device:
         self.signal: int | None = None
         self.active = False
         self.group: tuple[int, str | None] | None = None  # her farm and pen, for a collar on a cow
+        self.regroup_at = math.inf  # data time her group changes (her fresh days end)
         self.values: dict[str, float] | None = None  # each metric's last value, while a stuck rule is judged
         self.changed = _NEVER  # when one of them last changed
 
@@ -501,7 +521,7 @@ class Alerting:
         self._grouped_by = registry
         for device in self._devices.values():
             if device.animal is not None and device.animal != -1:
-                device.group = (device.farm, registry.groups.get(device.animal))
+                device.group, device.regroup_at = cow_group(registry, device.farm, device.animal, device.last)
 
     # --- sources ------------------------------------------------------------------------------
 
@@ -539,7 +559,8 @@ class Alerting:
         if device.animal != animal or device.zone != zone:
             device.animal, device.zone = animal, zone
             device.source = source_key(farm, animal, zone, uid)  # its subject is made when a rule is judged
-            device.group = None if animal is None else (farm, registry.groups.get(animal))
+            device.group, device.regroup_at = (None, math.inf) if animal is None else cow_group(registry, farm, animal,
+                                                                                             device.last)
             self._subjects[device.device_source] = _Subject(farm, "device", uid, animal, zone, uid, device_type)
         return device
 
@@ -573,6 +594,8 @@ class Alerting:
             if metric in DEVICE_METRICS:
                 continue
             source, value = device.source, row[vi]
+            if t >= device.regroup_at:  # in or out of the fresh cows' group
+                device.group, device.regroup_at = cow_group(registry, farm, animal, t)
             signals = fold(source, farm, t, metric, value, device.group)
             if signals is None:
                 continue  # late, or a new series beyond the caps
@@ -641,8 +664,8 @@ class Alerting:
         for row in rows:
             animal, meter, farm = row[ai], row[mi], row[fi]
             source = f"animal:{farm}:{animal}" if animal is not None else f"device:{farm}:{meter}"
-            group = None if animal is None else (farm, registry.groups.get(animal))
             t = row[ti].timestamp()
+            group = None if animal is None else cow_group(registry, farm, animal, t)[0]
             calved = registry.calvings.get(animal)
             fresh = calved is not None and 0 <= t - calved < COLOSTRUM_S
             touched: dict[str, Rule] = {}

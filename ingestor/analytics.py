@@ -302,14 +302,14 @@ class Signals:
             remaining, average = windows[i + 2], s[_AVG]
             if remaining <= WINDOW_UNSETTLED:
                 gathered = 1.0 - remaining
-                mean = windows[i] / gathered
-                std = math.sqrt(max(windows[i + 1] / gathered - mean * mean, 0.0))
-                own = signals[k_hour_ratio] = average / mean if mean else 1.0
-                signals[k_hour_zscore] = (average - mean) / std if std else 0.0
-                reach = WINSOR_Z * std
-                average = min(max(average, mean - reach), mean + reach)
-            else:  # another window's figures would be stale here
-                own = None
+                w_mean = windows[i] / gathered
+                w_std = math.sqrt(max(windows[i + 1] / gathered - w_mean * w_mean, 0.0))
+                own = signals[k_hour_ratio] = average / w_mean if w_mean else 1.0
+                signals[k_hour_zscore] = (average - w_mean) / w_std if w_std else 0.0
+                reach = WINSOR_Z * w_std
+                average = min(max(average, w_mean - reach), w_mean + reach)
+            else:  # another window's figures would be stale here; her group still sees her against her baseline
+                own = average / s[_MEAN] if std is not None and s[_MEAN] else None
                 signals.pop(k_hour_ratio, None)
                 signals.pop(k_hour_zscore, None)
             keep = s[_KEEP_WINDOW]

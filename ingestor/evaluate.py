@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -189,7 +189,7 @@ class Burden:
     cow_days: float
     false: dict[str, int]  # per detector (or rule without one), in DETECTORS order, then anomaly, then others
     alerts: int = 0  # individual-health alerts scored
-    false_at: list[tuple[int, datetime]] = field(default_factory=list)  # (cow, began) of each false alert
+    false_at: list[tuple[int, datetime, str]] = field(default_factory=list)  # (cow, began, detector) of each
 
     @property
     def total(self) -> int:
@@ -243,7 +243,7 @@ def burden(events: Sequence[herd.Event], alerts: Sequence[asyncpg.Record], farm:
         name, kinds = (rule[0], rule[1]) if rule else (a["rule_code"], COW_EVENT_KINDS)
         if not _matches(a, by_source, kinds, grace if rule is None else dict.fromkeys(kinds, rule[2]), end):
             false[name] = false.get(name, 0) + 1
-            false_at.append((int(a["source_id"]) - herd.animal_id(farm, 0), a["time"]))
+            false_at.append((int(a["source_id"]) - herd.animal_id(farm, 0), a["time"], name))
     days = max((end - window).total_seconds() / 86_400, 0.0)
     return Burden(cows * days, false, scored, false_at)
 
@@ -304,20 +304,23 @@ class ContextBurden:
 
     false: dict[str, int] = field(default_factory=lambda: dict.fromkeys((*herd.CONTEXT_KINDS, "none"), 0))
     cow_days: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*herd.CONTEXT_KINDS, "none"), 0.0))
+    detectors: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))  # context -> by detector
 
     def line(self) -> str:
         parts = []
         for kind in (*herd.CONTEXT_KINDS, "none"):
             days = self.cow_days[kind]
             rate = 100 * self.false[kind] / days if days else float("nan")
+            which = ", ".join(f"{name} {n}" for name, n in self.detectors[kind].most_common())
             parts.append(f"{'outside any' if kind == 'none' else kind} {self.false[kind]} over {days:,.0f} cow-days "
-                         f"({rate:.2f} per 100)")
+                         f"({rate:.2f} per 100{': ' + which if which else ''})")
         return "false individual-health alerts by context (during it or the day after): " + ", ".join(parts)
 
     def add(self, other: ContextBurden) -> None:
         for kind in self.false:
             self.false[kind] += other.false[kind]
             self.cow_days[kind] += other.cow_days[kind]
+            self.detectors[kind].update(other.detectors[kind])
 
 
 def _affected(e: herd.Event, state: herd.HerdState) -> np.ndarray:
@@ -353,10 +356,11 @@ def context_burden(b: Burden, context: Sequence[herd.Event], state: herd.HerdSta
     total = state.cows * max((end - window).total_seconds(), 0.0) / 86_400
     out.cow_days["none"] = total - sum(sum((y - x).total_seconds() for x, y in _merge(v)) / 86_400
                                        for v in covered.values())
-    for cow, at in b.false_at:
+    for cow, at, detector in b.false_at:
         kinds = [k for k, by_cow in spans.items() if any(x <= at <= y for x, y in by_cow.get(cow, ()))]
         for k in kinds or ["none"]:
             out.false[k] += 1
+            out.detectors[k][detector] += 1
     return out
 
 

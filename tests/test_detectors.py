@@ -85,22 +85,23 @@ def test_oestrus_is_activity_at_twice_her_own_baseline(rules: list[Rule]) -> Non
 
 def test_fever_needs_39_5_degrees_for_30_minutes(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
-    spike = [sensor(after(0, 0), "body_temperature_c", 40.2), sensor(after(0, 15), "body_temperature_c", 38.7)]
-    warm = [sensor(t, "body_temperature_c", 39.3) for t in every(15, 2, after(0, 30))]
+    collar_days(alerting, "body_temperature_c", 38.6, 0.1)
+    spike = [sensor(after(4, 0), "body_temperature_c", 40.2), sensor(after(4, 15), "body_temperature_c", 38.7)]
+    warm = [sensor(t, "body_temperature_c", 39.3) for t in every(15, 2, after(4, 30))]
     assert raised(feed(alerting, spike + warm)) == []
-    fever = [sensor(t, "body_temperature_c", 40.1) for t in every(15, 1, after(0, 180))]
+    fever = [sensor(t, "body_temperature_c", 40.1) for t in every(15, 1, after(4, 180))]
     assert raised(feed(alerting, fever)) == ["fever"]
 
 
-def test_rumination_drop_against_her_baseline_and_the_absolute_floor(rules: list[Rule]) -> None:
+def test_rumination_drop_is_a_day_of_less_rumination(rules: list[Rule]) -> None:
     alerting = Alerting(rules)
     collar_days(alerting, "rumination_minutes", 500, 12)
-    dip = [sensor(t, "rumination_minutes", 430) for t in every(15, 3, after(4))]  # 0.86x
+    rng = np.random.default_rng(11)
+    dip = [sensor(t, "rumination_minutes", 330 + rng.normal(0, 10)) for t in every(15, 4, after(4))]  # 0.66x, 4 h
     assert raised(feed(alerting, dip)) == []
-    drop = [sensor(t, "rumination_minutes", 330) for t in every(15, 6, after(4, 180))]  # 0.66x for 3 h
-    assert raised(feed(alerting, drop)) == ["rumination_drop"]
-    new_cow = Alerting(rules)  # no baseline yet: the floor alone
-    assert raised(feed(new_cow, [sensor(t, "rumination_minutes", 250) for t in every(15, 3)])) == ["rumination_drop"]
+    back = [sensor(t, "rumination_minutes", 500 + rng.normal(0, 10)) for t in every(15, 8, after(4, 240))]
+    drop = [sensor(t, "rumination_minutes", 330 + rng.normal(0, 10)) for t in every(15, 16, after(4, 720))]  # ill
+    assert raised(feed(alerting, back + drop)) == ["rumination_drop"]
 
 
 RATE = 15.0 / 13  # kg an hour she secretes: 15 kg at 05:00 after 13 h, 12.7 kg at 16:00 after 11 h
@@ -230,16 +231,17 @@ PEN = Registry(devices={f"COL-{c}": Device(1, "collar", c, None, 1.0, 0.0, 900) 
 
 
 def pen_rows(start: datetime, hours: float, metric: str, level: float, *, cows: range = range(1, 13),
-             shape: dict[int, float] | None = None, seed: int = 1, rhythm: bool = True) -> list[tuple]:
+             shape: dict[int, float] | None = None, seed: int = 1, rhythm: bool = True,
+             noise: float = 0.05) -> list[tuple]:
     """A pen of cows reporting every 15 minutes, all following one daily rhythm (unless not
     `rhythm`): `level` x 1.8 during the milking walk and feed delivery (05-07 and 16-18 h), x 0.6 at
-    night (00-04 h), with `shape` (cow -> factor) on top, and 5 % noise."""
+    night (00-04 h), with `shape` (cow -> factor) on top, and `noise` (5 %)."""
     rng = np.random.default_rng(seed)
     rows = []
     for t in every(15, hours, start):
         rhythm_now = (1.8 if t.hour in (5, 6, 16, 17) else 0.6 if t.hour < 4 else 1.0) if rhythm else 1.0
         for c in cows:
-            value = level * rhythm_now * (shape or {}).get(c, 1.0) * rng.normal(1, 0.05)
+            value = level * rhythm_now * (shape or {}).get(c, 1.0) * rng.normal(1, noise)
             rows.append(sensor(t, metric, value, device=f"COL-{c}", animal=c))
     return rows
 
@@ -275,8 +277,18 @@ def test_what_her_whole_group_does_is_context_not_an_alert(rules: list[Rule]) ->
     assert judge(alerting, ration) == []
     group = alerting.signals.current["animal:1:7"]
     assert group[("group_ratio", "rumination_minutes")] < 0.8 and group[("vs_group", "rumination_minutes")] > 0.9
-    sick = pen_rows(after(5), 8, "rumination_minutes", 600 * 0.75, shape={7: 0.6}, seed=7, rhythm=False)  # 7: less
+    sick = pen_rows(after(5), 16, "rumination_minutes", 600 * 0.75, shape={7: 0.6}, seed=7, rhythm=False)  # 7: less
     assert judge(alerting, sick) == ["rumination_drop"]
+
+
+def test_a_heat_wave_warms_the_herd_a_fever_warms_one_cow(rules: list[Rule]) -> None:
+    alerting = Alerting(rules)
+    warm = {"metric": "body_temperature_c", "rhythm": False, "noise": 0.003}  # 0.12 degC
+    judge(alerting, pen_rows(START, 4 * 24, level=39.0, seed=8, **warm))
+    hot = pen_rows(after(4), 12, level=39.0 * 1.018, seed=9, **warm)  # all +0.7 degC
+    assert judge(alerting, hot) == []
+    fever = pen_rows(after(4, 720), 6, level=39.0 * 1.018, shape={2: 1.02}, seed=10, **warm)
+    assert judge(alerting, fever) == ["fever"]  # and one cow 0.8 degC over that
 
 
 def test_a_cows_group_follows_the_registry(rules: list[Rule]) -> None:
@@ -337,3 +349,22 @@ def test_odoo_offers_every_signal_the_ingestor_judges() -> None:
     [listed] = [ast.literal_eval(n.value) for n in tree.body
                 if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", None) == "SIGNALS"]
     assert [code for code, _ in listed] == list(SIGNALS)
+
+
+def test_fresh_cows_are_judged_beside_the_other_fresh_cows(rules: list[Rule]) -> None:
+    """After calving a cow ruminates a third less for days: normal beside the farm's other fresh cows,
+    not against her dry days; one with ketosis ruminates less than they do."""
+    calved = after(4).timestamp()
+    fresh = Registry(devices=PEN.devices, animal_names=PEN.animal_names, groups=PEN.groups,
+                     calvings=dict.fromkeys(range(1, 7), calved))  # cows 1-6 calved, 7-12 did not
+    alerting = Alerting(rules)
+    quiet = {"metric": "rumination_minutes", "rhythm": False}
+    judge(alerting, pen_rows(START, 4 * 24, level=550, **quiet), fresh)
+    after_calving = pen_rows(after(4), 36, level=550, shape=dict.fromkeys(range(1, 7), 0.65), seed=12, **quiet)
+    assert judge(alerting, after_calving, fresh) == []
+    assert alerting._devices["COL-1"].group == (1, "fresh cows") and alerting._devices["COL-9"].group == (1, "Pen 1")
+    ketosis = pen_rows(after(5, 720), 24, level=550, shape={**dict.fromkeys(range(1, 7), 0.65), 3: 0.35}, seed=13,
+                       **quiet)
+    cow1 = alerting.signals.current["animal:1:1"]
+    assert cow1[("group_ratio", "rumination_minutes")] < 0.75 and cow1[("vs_group", "rumination_minutes")] > 0.9
+    assert judge(alerting, ketosis, fresh) == ["rumination_drop"]

@@ -79,7 +79,8 @@ def test_false_individual_alerts_per_100_cow_days() -> None:
     assert b.alerts == 8 and b.total == 4
     assert b.false == {"oestrus": 1, "mastitis": 0, "fever": 1, "rumination": 0, "milk_yield": 1, "lameness": 0,
                        "anomaly": 1}
-    assert sorted(b.false_at) == [(1, fever.end + 3 * hour), (1, START + 5 * day), (3, broken.start + hour), (4, at)]
+    assert sorted(b.false_at) == [(1, fever.end + 3 * hour, "fever"), (1, START + 5 * day, "oestrus"),
+                                  (3, broken.start + hour, "anomaly"), (4, at, "milk_yield")]
     assert b.per_100(b.total) == 400 / 180
     line = b.line()
     assert line.startswith("false individual-health alerts: 2.22 per 100 cow-days (4 of 8 cow alerts over 180")
@@ -136,15 +137,17 @@ def test_false_alerts_are_counted_in_the_context_they_fell_in() -> None:
     feed = herd.Event("feed_change", START + 6 * day, START + 7 * day, pen=1)
     moved = herd.Event("regrouping", START + 8 * day, START + 8 * day + 12 * hour, cow=5, pen=0)
     fresh = herd.Event("fresh_cow", START + 3 * day, START + 13 * day, cow=9)
-    b = evaluate.Burden(0, {}, false_at=[(0, START + 3 * day), (9, START + 2 * day + 12 * hour),
-                                         (0, START + 6 * day + hour), (100, START + 6 * day + hour),
-                                         (5, START + 8 * day + 2 * hour), (5, START + 12 * day)])
+    b = evaluate.Burden(0, {}, false_at=[(0, START + 3 * day, "fever"), (9, START + 2 * day + 12 * hour, "fever"),
+                                         (0, START + 6 * day + hour, "rumination"),
+                                         (100, START + 6 * day + hour, "rumination"),
+                                         (5, START + 8 * day + 2 * hour, "oestrus"), (5, START + 12 * day, "oestrus")])
     c = evaluate.context_burden(b, [wave, feed, moved, fresh], state, START, START + 15 * day)
     assert c.false == {"heat_wave": 2, "feed_change": 1, "regrouping": 1, "breakdown": 0, "fresh_cow": 1, "none": 2}
+    assert c.detectors["heat_wave"] == {"fever": 2} and c.detectors["none"] == {"rumination": 1, "oestrus": 1}
     assert c.cow_days["heat_wave"] == 140 * 3  # the two days and the one after
     assert c.cow_days["feed_change"] == 70 * 2 and c.cow_days["regrouping"] == 1.5
     assert c.cow_days["fresh_cow"] == 12  # from the day before calving to the day after the 10 fresh days
-    assert "heat_wave 2 over 420 cow-days (0.48 per 100)" in c.line()
+    assert "heat_wave 2 over 420 cow-days (0.48 per 100: fever 2)" in c.line()
 
 
 def test_runs_pool_into_one_table() -> None:

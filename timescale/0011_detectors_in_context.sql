@@ -11,9 +11,15 @@
 --                    ration change move her group with her. One heat is one alert: it resolves when
 --                    the rise is over and re-arms 12 h later (a heat lasts 6-24 h, a cycle 18-24 days),
 --                    not a fixed 72 h that also hid the next real heat.
---   rumination_drop  rumination <= 0.75 x her same hours beyond her group's change for 2 h, or below
---                    300 min/day: a sick cow ruminates 30-50 % less (seed 000 section 3.1); a ration
---                    change or heat lowers the whole group's 10-25 %.
+--   rumination_drop  her day's rumination <= 0.85 x her last weeks' and her last hours <= 0.75 x her
+--                    same hours, both beyond her group's change, for 2 h: a sick cow ruminates 30-50 %
+--                    less for a day or more (seed 000 section 3.1; Stangaferro et al. 2016); collars
+--                    report 2-hour blocks (Schirmann et al. 2009), whose low hours are no floor; a
+--                    ration change or heat lowers the whole group's 10-25 %. No absolute floor: a
+--                    2-hour block of a healthy cow goes under 300 min/day.
+--   fever            body temperature >= 39.5 degC for 30 min, and >= 1.01 x her same hours beyond her
+--                    group's change (about 0.4 degC): in a heat wave the whole herd runs 0.3-0.8 degC
+--                    warmer (hyperthermia, a heat-stress alert of the zone, not a fever of each cow).
 --   yield_drop       kg an hour over her last two milkings <= 0.85 x her own level beyond her group's,
 --                    and 2.5 standard deviations under her own level, at two milkings in a row (10 h):
 --                    robots milk at irregular intervals, so a session's kilograms say little alone;
@@ -36,10 +42,16 @@ UPDATE iot.alert_rules SET conditions = '[
 WHERE code = 'oestrus' AND builtin;
 
 UPDATE iot.alert_rules SET conditions = '[
-        {"signal": "vs_group", "metric": "rumination_minutes", "op": "<=", "value": 0.75},
-        {"signal": "value", "metric": "rumination_minutes", "op": "<", "value": 300}]',
-    updated_at = now()
+        {"signal": "day_vs_group", "metric": "rumination_minutes", "op": "<=", "value": 0.85},
+        {"signal": "vs_group", "metric": "rumination_minutes", "op": "<=", "value": 0.75}]',
+    combine = 'and', updated_at = now()
 WHERE code = 'rumination_drop' AND builtin;
+
+UPDATE iot.alert_rules SET conditions = '[
+        {"signal": "value", "metric": "body_temperature_c", "op": ">=", "value": 39.5},
+        {"signal": "vs_group", "metric": "body_temperature_c", "op": ">=", "value": 1.01}]',
+    combine = 'and', updated_at = now()
+WHERE code = 'fever' AND builtin;
 
 UPDATE iot.alert_rules SET conditions = '[
         {"signal": "vs_group", "metric": "yield_kg_per_hour", "op": "<=", "value": 0.85},
