@@ -64,7 +64,8 @@ class Baseline:
 # the baseline's mean and spread as of the last fold, and whether it was settled then (1.0); the
 # newest reading judged (a reading not newer is late: stored, never judged) and the series' farm.
 (_SUM, _SQUARES, _LAST_T, _N, _REMAINING, _AVG, _LAST_V, _DT, _ALPHA, _ALPHA_AVG, _MEAN, _STD, _SETTLED, _NEWEST,
- _FARM, _DAY, _SLOW, _ALPHA_DAY, _ALPHA_SLOW, _KEEP_WINDOW, _WINDOWS, _GROUP, _GROUP_SUMS) = range(23)
+ _FARM, _DAY, _SLOW, _ALPHA_DAY, _ALPHA_SLOW, _KEEP_WINDOW, _WINDOWS, _GROUP, _GROUP_SUMS, _HOUR_VAR,
+ _ALPHA_HOUR_VAR) = range(25)
 # The day's level (half-life 12 h: the daily rhythm mostly averaged out) against the weeks' level
 # (half-life 7 days): a decline over days, as lameness shows in activity and lying, that a cow's own
 # three-day baseline would follow down.
@@ -77,7 +78,7 @@ MIN_FOLD_S = 60.0
 
 def _new_state(t: float, value: float, farm: int | None = None) -> list:
     return [0.0, 0.0, t, 1.0, 1.0, value, value, -1.0, 0.0, 0.0, value, 0.0, 0.0, t, farm, value, value, 0.0, 0.0, 1.0,
-            None, None, None]
+            None, None, None, -1.0, 0.0]
 
 
 def _moments(s: list[float]) -> tuple[float, float]:
@@ -136,6 +137,7 @@ class Baselines:
             s[_ALPHA_SLOW] = 1.0 - 0.5 ** (dt / SLOW_HALF_LIFE_S)
             # A reading stands for the time since the last one: `dt` of its same-hours window's daily 2 h.
             s[_KEEP_WINDOW] = 0.5 ** (min(dt, WINDOW_S) / WINDOW_S / WINDOW_HALF_LIFE_DAYS)
+            s[_ALPHA_HOUR_VAR] = 1.0 - 0.5 ** (dt / (WINDOW_HALF_LIFE_DAYS * 86_400.0))
         s[_AVG] += s[_ALPHA_AVG] * (value - s[_AVG])
         s[_LAST_V] = value
         if std is not None:
@@ -159,7 +161,7 @@ class Baselines:
         No reading of it has been judged yet, so none that follows is late."""
         gathered = 1.0 - 0.5 ** (span_s / self.half_life_s)
         s = [mean * gathered, (std * std + mean * mean) * gathered, t, float(samples), 1.0 - gathered, mean, mean,
-             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm, mean, mean, 0.0, 0.0, 1.0, None, None, None]
+             -1.0, 0.0, 0.0, mean, std, 0.0, -math.inf, farm, mean, mean, 0.0, 0.0, 1.0, None, None, None, -1.0, 0.0]
         s[_SETTLED] = float(samples >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
         self._state[key] = s
 
@@ -186,9 +188,11 @@ SIGNALS = METRIC_SIGNALS + SOURCE_SIGNALS
 # Sources of THI: a zone's newest air temperature and humidity.
 THI_INPUTS = ("temperature_c", "humidity_percent")
 
-# Same hours: a day in 12 windows of 2 h; each window's mean and spread of the moving average over the
-# days, a day's weight halving every 3 days (so about the last week counts), trusted once it holds
-# two days' worth. Milking and feeding peaks come back at the same hours and are her normal there.
+# Same hours: a day in 12 windows of 2 h; each window's mean of the moving average over the days, a
+# day's weight halving every 3 days (so about the last week counts), trusted once it holds two days'
+# worth. Milking and feeding peaks come back at the same hours and are her normal there. The z-score
+# divides by her typical deviation from her same hours over all of them (weighted by time, the same
+# half-life): one window's few days give too jumpy a spread.
 WINDOW_S = 7_200.0
 WINDOWS = int(86_400 // WINDOW_S)
 WINDOW_HALF_LIFE_DAYS = 3.0
@@ -303,11 +307,16 @@ class Signals:
             if remaining <= WINDOW_UNSETTLED:
                 gathered = 1.0 - remaining
                 w_mean = windows[i] / gathered
-                w_std = math.sqrt(max(windows[i + 1] / gathered - w_mean * w_mean, 0.0))
+                var = s[_HOUR_VAR]
+                if var < 0.0:  # her first trusted window: its spread to begin with
+                    var = s[_HOUR_VAR] = max(windows[i + 1] / gathered - w_mean * w_mean, 0.0)
+                spread = math.sqrt(var)
                 own = signals[k_hour_ratio] = average / w_mean if w_mean else 1.0
-                signals[k_hour_zscore] = (average - w_mean) / w_std if w_std else 0.0
-                reach = WINSOR_Z * w_std
-                average = min(max(average, w_mean - reach), w_mean + reach)
+                signals[k_hour_zscore] = (average - w_mean) / spread if spread else 0.0
+                reach = WINSOR_Z * spread
+                deviation = min(max(average - w_mean, -reach), reach) if var else average - w_mean
+                s[_HOUR_VAR] = var + s[_ALPHA_HOUR_VAR] * (deviation * deviation - var)
+                average = w_mean + deviation
             else:  # another window's figures would be stale here; her group still sees her against her baseline
                 own = average / s[_MEAN] if std is not None and s[_MEAN] else None
                 signals.pop(k_hour_ratio, None)

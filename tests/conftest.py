@@ -250,6 +250,19 @@ async def _value(result: bool | Awaitable[bool]) -> bool:
     return await result if inspect.isawaitable(result) else result
 
 
+FEVERISH = "FEVERISH"
+
+
+async def add_feverish_rule(db: object) -> None:
+    """A fever by the value alone (>= 39.5 degC for 30 min), for tests about episodes rather than
+    detectors: the built-in fever also wants her same hours and her group, days of data. `db`: a
+    pool or a connection."""
+    await db.execute(
+        "INSERT INTO iot.alert_rules (code, name, category, severity, conditions, duration_s, suppression_s, "
+        "max_per_hour) VALUES ($1, $1, 'health', 'critical', $2, 1800, 43200, 20)", FEVERISH,
+        '[{"signal": "value", "metric": "body_temperature_c", "op": ">=", "value": 39.5}]')
+
+
 @pytest.fixture
 async def rules(db: str) -> list[Rule]:
     conn = await asyncpg.connect(db)

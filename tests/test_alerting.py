@@ -19,7 +19,7 @@ from ingestor.alerts import alert_id, source_of
 from ingestor.config import Settings
 from ingestor.loadgen import Broker
 
-from .conftest import Api, eventually, start_api
+from .conftest import FEVERISH, Api, add_feverish_rule, eventually, start_api
 from .test_mqtt import publish
 
 FAST = pytest.mark.api_settings(registry_interval=0.1)
@@ -130,13 +130,14 @@ async def test_an_alert_resolved_in_odoo_is_not_raised_again_within_its_suppress
 async def test_restart_in_the_middle_of_an_episode_raises_no_duplicate_and_restores_baselines(
         profile: str, db: str) -> None:
     settings = {"registry_interval": 0.1}
-    server, task, url, pipeline = await start_api(db, **settings)
-    api = Api(url, pipeline, db, "", "", "")
     conn = await asyncpg.connect(db)
     try:
-        api.key = await apikeys.create(conn, [1])
+        key = await apikeys.create(conn, [1])
+        await add_feverish_rule(conn)
     finally:
         await conn.close()
+    server, task, url, pipeline = await start_api(db, **settings)
+    api = Api(url, pipeline, db, key, "", "")
 
     def collar(minutes_ago: float, metric: str, value: float) -> dict:
         return {"device_uid": "COL-R", "device_type": "collar", "farm_id": 1, "metric_name": metric,
@@ -145,7 +146,7 @@ async def test_restart_in_the_middle_of_an_episode_raises_no_duplicate_and_resto
     history = [collar(m, "activity_index", 50.0 + (m % 7)) for m in range(3 * 24 * 60, 180, -30)]
     await send(api, history)
     await send(api, [collar(m, "body_temperature_c", 40.2) for m in (170, 160, 150, 140)])  # fever for 30 min
-    [before] = await alerts_of(api, "fever")
+    [before] = await alerts_of(api, FEVERISH)
     server.should_exit = True
     await task
     conn = await asyncpg.connect(db)
@@ -160,11 +161,11 @@ async def test_restart_in_the_middle_of_an_episode_raises_no_duplicate_and_resto
         series = ("device:1:COL-R", "activity_index")
         assert pipeline.alerting.signals.baselines.get(series) is None  # not read at start: on first use
         await send(api, [collar(m, "body_temperature_c", 40.3) for m in (130, 120)])  # the same episode goes on
-        assert [a["alert_id"] for a in await alerts_of(api, "fever")] == [before["alert_id"]]
+        assert [a["alert_id"] for a in await alerts_of(api, FEVERISH)] == [before["alert_id"]]
         base = pipeline.alerting.signals.baselines.get(series)  # read when its device reported again
         assert base is not None and base.settled and base.mean == pytest.approx(53, abs=0.5)
         await send(api, [collar(110, "body_temperature_c", 38.6)])
-        [after] = await alerts_of(api, "fever")
+        [after] = await alerts_of(api, FEVERISH)
         assert after["alert_id"] == before["alert_id"] and after["status"] == "resolved"
         await send(api, [collar(100, "activity_index", 160.0)])  # judged against the restored baseline
         [oestrus_signal] = [v for k, v in pipeline.alerting.signals.current["device:1:COL-R"].items()
@@ -186,14 +187,16 @@ async def test_alerts_are_published_over_mqtt_as_stored(ingest, broker: Broker) 
     client.loop_start()
     try:
         assert await asyncio.to_thread(subscribed.wait, 10)
+        await add_feverish_rule(ingest.pipeline.pool)
+        await eventually(lambda: any(r.code == FEVERISH for r in ingest.pipeline.alerting.rules), 10, "rule loaded")
         fever = [("dairy/farm/1/animal/COW-7/activity/telemetry", msgspec.json.encode(
             {"device_id": "COL-7", "temperature_c": 40.4, "timestamp": (NOW - timedelta(minutes=m)).isoformat()}))
             for m in (45, 30, 15)]
         await publish(broker, fever)
         await eventually(lambda: any(t == "dairy/farm/1/alert/critical/health" for t, _ in received), 30,
                          "fever alert published")
-        stored = await ingest.pipeline.pool.fetchrow("SELECT * FROM iot.alerts WHERE rule_code = 'fever'")
-        topic, message = next((t, m) for t, m in received if m.get("rule_code") == "fever")
+        stored = await ingest.pipeline.pool.fetchrow("SELECT * FROM iot.alerts WHERE rule_code = 'FEVERISH'")
+        topic, message = next((t, m) for t, m in received if m.get("rule_code") == FEVERISH)
         assert message["alert_id"] == stored["alert_id"] and message["source_id"] == "COL-7"
         assert message["message"] == stored["message"] and message["status"] == "open"
     finally:

@@ -4,8 +4,8 @@
 -- (analytics.py): hour_ratio, hour_zscore, day_ratio, group_ratio, vs_group, day_vs_group; per
 -- device unchanged_h; per cow the derived metric yield_kg_per_hour. Thresholds and their sources:
 --   oestrus          her 1-hour activity average >= 1.35 x the same hours of her last days, beyond her
---                    group's change at the time, and >= 3 standard deviations above those hours, for
---                    an hour. Activity rises 1.3-1.6x in weak heats and 2-4x in strong ones (Roelofs
+--                    group's change at the time, and >= 3 of her typical deviations from her same
+--                    hours above them, for 2 hours (a heat lasts 6-24 h; noise an hour or so). Activity rises 1.3-1.6x in weak heats and 2-4x in strong ones (Roelofs
 --                    et al. 2005; Lopez et al. 2004 for the spread of expression); milking and feeding
 --                    peaks come back at the same hours and are her normal; regrouping, heat or a
 --                    ration change move her group with her. One heat is one alert: it resolves when
@@ -38,7 +38,7 @@
 UPDATE iot.alert_rules SET conditions = '[
         {"signal": "vs_group", "metric": "activity_index", "op": ">=", "value": 1.35},
         {"signal": "hour_zscore", "metric": "activity_index", "op": ">=", "value": 3}]',
-    combine = 'and', duration_s = 3600, suppression_s = 43200, updated_at = now()
+    combine = 'and', duration_s = 7200, suppression_s = 43200, updated_at = now()
 WHERE code = 'oestrus' AND builtin;
 
 UPDATE iot.alert_rules SET conditions = '[
