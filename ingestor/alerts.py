@@ -672,7 +672,8 @@ class Alerting:
             signals: SignalMap | None = None
             values = [(metric, row[index]) for metric, index in MILK_METRICS.items()]
             kg, last = row[yield_index], self._milked.get(source)
-            if kg is not None and (last is None or t > last[1]):
+            if kg is not None and (last is None or t > last[1]) and (
+                    last is not None or len(self._milked) < self.signals.max_series):
                 self._milked[source] = (_NEVER if last is None else last[1], t, kg)
                 rate = None if last is None else _rate(kg, t, *last)
                 if rate is not None:

@@ -81,17 +81,6 @@ def _new_state(t: float, value: float, farm: int | None = None) -> list:
             None, None, None, -1.0, 0.0]
 
 
-def _moments(s: list[float]) -> tuple[float, float]:
-    """Mean and standard deviation of a series' baseline. The weighted sums start from zero and are
-    divided by the weight gathered so far (as Adam corrects its moments): unbiased from the second
-    reading on, where a mean started at the first value would still be mostly that value days later."""
-    gathered = 1.0 - s[_REMAINING]
-    if gathered <= 0.0:
-        return s[_LAST_V], 0.0
-    mean = s[_SUM] / gathered
-    return mean, math.sqrt(max(s[_SQUARES] / gathered - mean * mean, 0.0))
-
-
 class Baselines:
     """An exponentially weighted mean and variance per series, weighted by time, not by count: a
     reading's weight halves every `half_life_s`, so a series that reports every minute and one that
@@ -150,7 +139,10 @@ class Baselines:
         s[_REMAINING] *= keep
         s[_LAST_T] = t
         s[_N] += 1
-        gathered = 1.0 - s[_REMAINING]  # as _moments, inline: this runs for every reading
+        # The weighted sums start from zero and are divided by the weight gathered so far (as Adam
+        # corrects its moments): unbiased from the second reading on, where a mean started at the first
+        # value would still be mostly that value days later. (After a fold some weight is gathered.)
+        gathered = 1.0 - s[_REMAINING]
         mean = s[_SUM] / gathered
         s[_MEAN], s[_STD] = mean, math.sqrt(max(s[_SQUARES] / gathered - mean * mean, 0.0))
         s[_SETTLED] = float(s[_N] >= SETTLED_SAMPLES and s[_REMAINING] <= self.settled_remaining)
@@ -199,9 +191,9 @@ WINDOW_HALF_LIFE_DAYS = 3.0
 WINDOW_UNSETTLED = 0.5 ** (2.0 / WINDOW_HALF_LIFE_DAYS) + 1e-9  # the weight still missing after two days
 # Her group: the mean log ratio of its cows' readings, weighted by time (half-life an hour for
 # collar metrics, 12 h for milkings, which spread over the day), each cow's log ratio clipped at
-# +-GROUP_CLIP (a cow in heat or sick must not move the group), taken in after her own
-# reading is judged, and only with GROUP_MIN cows or more (below
-# that, she is her own group: her ratio is the one beyond it).
+# +-GROUP_CLIP (a cow in heat or sick must not move the group) and taken in after her own reading is
+# judged; only with GROUP_MIN cows or more (below that, she is her own group: her ratio is the one
+# beyond it).
 GROUP_HALF_LIFE_S = 3_600.0
 GROUP_SESSION_HALF_LIFE_S = 12 * 3_600.0
 GROUP_CLIP = math.log(1.5)

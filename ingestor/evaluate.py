@@ -425,10 +425,18 @@ async def run(dsn: str, migrations: Path, *, cows: int, days: float, zones: int,
     latencies: list[float] = []
     ticks = int((end - start).total_seconds() // interval_s)
     messages_sent = 0
+    # Calvings during the run reach the registry as a farmer records them in Odoo, a few hours after.
+    calvings = sorted((e.start + CALVING_RECORDED, e.cow) for e in context if e.kind == "fresh_cow" and e.start > start)
     try:
         in_flight: set[asyncio.Task[None]] = set()
         for first in tqdm(range(1, ticks + 1, TICKS_PER_SUBMISSION), desc=f"evaluate {shape} seed {seed}",
                           unit="submission", leave=False):
+            now = start + timedelta(seconds=first * interval_s)
+            if calvings and calvings[0][0] <= now:
+                await asyncio.gather(*in_flight)  # what was sent before the calving was recorded is judged so
+                in_flight.clear()
+                await _record_calvings(pipeline, farm, [c for at, c in calvings if at <= now], plan)
+                calvings = [(at, c) for at, c in calvings if at > now]
             messages = [m for k in range(first, min(first + TICKS_PER_SUBMISSION, ticks + 1))
                         for m in state.messages(start + timedelta(seconds=k * interval_s), interval_s, plan)]
             messages_sent += len(messages)
@@ -520,6 +528,19 @@ def _busiest_hours(alerts: Sequence[asyncpg.Record], pipeline: Pipeline) -> str:
         busiest[rule] = max(busiest[rule], n)
     return "busiest hour per rule (cap): " + ", ".join(f"{r} {n}/{caps.get(r, '?')}"
                                                       for r, n in sorted(busiest.items()))
+
+
+CALVING_RECORDED = timedelta(hours=6)
+
+
+async def _record_calvings(pipeline: Pipeline, farm: int, cows: list[int], plan: herd.Plan) -> None:
+    """The calving dates of `cows` into iot.animals, as Odoo's push writes them, and the registry
+    reloaded (the running ingestor's listener would do that within a second)."""
+    calved = {e.cow: e.start.date() for e in plan.context if e.kind == "fresh_cow" and e.cow in set(cows)}
+    async with pipeline.pool.acquire() as conn:
+        await conn.executemany("UPDATE iot.animals SET calving_date = $2, updated_at = now() WHERE id = $1",
+                               [(herd.animal_id(farm, c), day) for c, day in calved.items()])
+        await pipeline.registry.refresh(conn)
 
 
 EVALUATE = Origin("evaluate", b"")  # the simulator's messages are all valid: nothing to keep of them
