@@ -139,8 +139,26 @@ async def _timescale_steps(conn: asyncpg.Connection, state: MaintenanceState, fo
     yield "retention:dead_letters", _scalar(conn, _DEAD_LETTER_RETENTION, "{} dead letters deleted")
 
 
+# TimescaleDB (2.2x) refuses a refresh whose window overlaps one in progress (its own policy job in
+# the background, say) with SQLSTATE 55P03 rather than waiting for it: wait and try again.
+CONCURRENT_REFRESH_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
+async def _call(conn: asyncpg.Connection, sql: str, *args: object) -> None:
+    """`CALL sql`, tried again while a concurrent refresh of the same window holds it off."""
+    for pause in (*CONCURRENT_REFRESH_RETRIES, None):
+        try:
+            await conn.execute(sql, *args)
+            return
+        except asyncpg.LockNotAvailableError as exc:
+            if pause is None:
+                raise
+            log.info("maintenance: %s; trying again in %g s", exc, pause)
+            await asyncio.sleep(pause)
+
+
 async def _run_job(conn: asyncpg.Connection, job_id: int) -> str:
-    await conn.execute("CALL run_job($1)", job_id)
+    await _call(conn, "CALL run_job($1)", job_id)
     return f"job {job_id} ran"
 
 
@@ -177,8 +195,8 @@ async def _refresh_cagg(conn: asyncpg.Connection, job_id: int, name: str, view: 
     while day < hi:
         end = min(day + _DAY, hi)
         try:
-            await conn.execute("CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
-                               view, day, end)
+            await _call(conn, "CALL refresh_continuous_aggregate($1::regclass, $2::timestamptz, $3::timestamptz)",
+                        view, day, end)
             refreshed += 1
             state.dead_lettered.discard((name, day))
         except asyncpg.PostgresError as exc:
