@@ -157,6 +157,8 @@ def _compile(conditions: tuple[Condition, ...], combine: str) -> Callable[..., b
     checks = tuple(_check(c) for c in conditions)
     if len(checks) == 1:
         return checks[0]
+    if len(conditions) == 2 and ANY_METRIC not in (conditions[0].metric, conditions[1].metric):
+        return _pair(*conditions, combine)
     if len(checks) == 2:  # the common pair, without a generator per call
         a, b = checks
         if combine == "or":
@@ -165,6 +167,29 @@ def _compile(conditions: tuple[Condition, ...], combine: str) -> Callable[..., b
     if combine == "or":
         return lambda signals, metric=None: any(check(signals, metric) for check in checks)
     return lambda signals, metric=None: all(check(signals, metric) for check in checks)
+
+
+def _pair(c1: Condition, c2: Condition, combine: str) -> Callable[..., bool]:
+    """Two conditions on named signals in one closure: most built-in rules are a pair, judged on
+    every reading of their metrics."""
+    k1, op1, t1 = (c1.signal, c1.metric), OPERATORS[c1.op], c1.threshold
+    k2, op2, t2 = (c2.signal, c2.metric), OPERATORS[c2.op], c2.threshold
+    if combine == "or":
+        def either(signals: SignalMap, metric: str | None = None) -> bool:
+            v = signals.get(k1)
+            if v is not None and op1(v, t1):
+                return True
+            w = signals.get(k2)
+            return w is not None and op2(w, t2)
+        return either
+
+    def both(signals: SignalMap, metric: str | None = None) -> bool:
+        v = signals.get(k1)
+        if v is None or not op1(v, t1):
+            return False
+        w = signals.get(k2)
+        return w is not None and op2(w, t2)
+    return both
 
 
 def _band(conditions: tuple[Condition, ...], combine: str) -> Callable[..., bool]:
@@ -500,6 +525,9 @@ class Alerting:
         self.signals.wanted = frozenset(c.signal for r in self.rules for c in r.conditions)
         self._stuck_rules = tuple(r for r in self._device_rules if any(c.signal == "unchanged_h" for c in r.conditions))
         self._stuck = bool(self._stuck_rules)
+        # Below this many hours unchanged no stuck rule can hold (0: one asks for fewer hours, or `<`).
+        self._stuck_from = min((c.threshold if c.op in (">", ">=") else 0.0 for r in self._stuck_rules
+                                for c in r.conditions if c.signal == "unchanged_h"), default=math.inf)
         # Her rhythm and group are kept for the metrics some rule asks about so (and what they derive from).
         contextual = {c.metric for r in self.rules for c in r.conditions if c.signal in CONTEXT_SIGNALS}
         self.signals.contextual = None if ANY_METRIC in contextual else frozenset(contextual)
@@ -627,8 +655,11 @@ class Alerting:
         if t > self.clock.get(farm, _NEVER):
             self.clock[farm] = t
             self._received[farm] = wall
+        held = 0.0
         if device.values:  # how long its readings up to the last one have all stayed the same
-            self.signals.set(device.device_source, "unchanged_h", max(device.last - device.changed, 0.0) / 3600.0)
+            held = max(device.last - device.changed, 0.0) / 3600.0
+            if held >= self._stuck_from or device.active:
+                self.signals.set(device.device_source, "unchanged_h", held)
         first = device.last == _NEVER
         if not first and t - device.last >= self._silence_gap * device.interval:
             self._judge_silence(device, t, out, registry)  # as it stood just before this reading
@@ -645,7 +676,7 @@ class Alerting:
             device.battery, device.signal = battery, signal
         if (changed or device.active) and self._device_rules:
             self._judge_device(device, t, out, registry)
-        elif device.values:  # the stuck rules, judged when they hold or have an episode going
+        elif held >= self._stuck_from and device.values:  # the stuck rules, once they may hold
             source, episodes = device.device_source, self.engine.episodes
             signals = self.signals.current.get(source, {})
             for rule in self._stuck_rules:
