@@ -377,21 +377,27 @@ async def run(dsn: str, migrations: Path, *, rows: int, profile: str | None, bat
         bodies = http_bodies(data)
         for figure in _decode_figures(bodies, rows):
             lines.append(figure.line(ceiling))
-        judged: dict[bool, Figure] = {}
-        for alerts_on in dict.fromkeys((False, Settings().alerts_enabled)):  # the cost of judging, in the same run
+        # The cost of judging the rules: HTTP with alerts off and on, in the same run, each twice in
+        # turn (the later runs meet the earlier ones' checkpoints and vacuum), the faster of each kept.
+        judged: dict[bool, tuple[Figure, list[float]]] = {}
+        modes = (True, False) * 2 if Settings().alerts_enabled else (False,)
+        for alerts_on in modes:
             async with pool.acquire() as conn:
                 await _reset(conn, result.profile)
-            judged[alerts_on], latencies = await _through_http(dsn, bodies, rows, clients=http_clients,
-                                                               alerts=alerts_on)
+            figure, latencies = await _through_http(dsn, bodies, rows, clients=http_clients, alerts=alerts_on)
             stored = await pool.fetchval("SELECT count(*) FROM iot.sensor_data")
             assert stored == rows, f"HTTP: stored {stored} of {rows} rows"
-            lines.append(f"{judged[alerts_on].line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
+            if alerts_on not in judged or figure.rate > judged[alerts_on][0].rate:
+                judged[alerts_on] = figure, latencies
+        for figure, latencies in judged.values():
+            lines.append(f"{figure.line(ceiling)}  request p50 {_percentile(latencies, .5) * 1000:.0f} ms, "
                          f"p99 {_percentile(latencies, .99) * 1000:.0f} ms")
-        http = judged[True] if True in judged else judged[False]
+        http = judged[True][0] if True in judged else judged[False][0]
         if True in judged:
-            cost = (1 / judged[True].rate - 1 / judged[False].rate) * 1e6
+            off = judged[False][0]
+            cost = (1 / http.rate - 1 / off.rate) * 1e6
             lines.append(f"judging every built-in rule costs {cost:.2f} us a reading over HTTP "
-                         f"({judged[True].rate / judged[False].rate:.2f}x the rate with alerts off)")
+                         f"({http.rate / off.rate:.2f}x the rate with alerts off; the faster of two runs each)")
         if compression_days:
             lines.append(await _compression(pool, result.profile, compression_days))
         if Broker.available():
