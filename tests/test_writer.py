@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -96,22 +96,23 @@ async def test_backpressure_bounds_pending_rows(pool: asyncpg.Pool) -> None:
 
 
 async def test_device_state_keeps_the_newest_reading(pool: asyncpg.Pool) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)  # the status is judged against now(): not the suite's start
     states = DeviceStates()
     writer = Writer(pool, SENSOR_DATA, batch_rows=100, batch_delay=0.001, on_commit=states.note)
-    await writer.write([reading("D1", at=NOW - timedelta(minutes=1), battery=50), reading("D2")])
+    await writer.write([reading("D1", at=now - timedelta(minutes=1), battery=50), reading("D2")])
     async with pool.acquire() as conn:
         assert await states.flush(conn) == 2
-    await writer.write([reading("D1", at=NOW - timedelta(minutes=10), battery=99, metric="x")])  # late row
+    await writer.write([reading("D1", at=now - timedelta(minutes=10), battery=99, metric="x")])  # late row
     async with pool.acquire() as conn:
         assert await states.flush(conn) == 1
         assert await states.flush(conn) == 0
     row = await pool.fetchrow("SELECT * FROM iot.device_current_status WHERE device_uid = 'D1'")
-    assert row["last_seen"] == NOW - timedelta(minutes=1) and row["battery_level"] == 50
+    assert row["last_seen"] == now - timedelta(minutes=1) and row["battery_level"] == 50
     assert row["status"] == "online"
     # The late row's metric is still recorded, with its own time; the newer metric keeps its time.
     times = json.loads(await pool.fetchval("SELECT metric_times FROM iot.device_state WHERE device_uid = 'D1'"))
     assert {k: datetime.fromisoformat(v) for k, v in times.items()} == {
-        "activity": NOW - timedelta(minutes=1), "x": NOW - timedelta(minutes=10)}
+        "activity": now - timedelta(minutes=1), "x": now - timedelta(minutes=10)}
     await writer.close()
 
 
