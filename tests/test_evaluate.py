@@ -189,5 +189,6 @@ async def test_a_small_herd_through_the_pipeline(empty_db: str) -> None:
     fevers = [int(r[header + 1:][[d.name for d in evaluate.DETECTORS].index("fever")].split()[1]) for r in runs]
     pooled_fever = pooled[2 + [d.name for d in evaluate.DETECTORS].index("fever")].split()
     assert int(pooled_fever[1]) == sum(fevers) > 0
-    # Fever needs no baseline: found unless the collar was silent through it (its device failed too).
+    # Fever needs only her first day (her group sees her against her baseline until her same hours are
+    # trusted): found unless the collar was silent through it (its device failed too).
     assert int(pooled_fever[2]) >= 0.75 * int(pooled_fever[1])
