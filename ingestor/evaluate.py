@@ -536,7 +536,8 @@ CALVING_RECORDED = timedelta(hours=6)
 async def _record_calvings(pipeline: Pipeline, farm: int, cows: list[int], plan: herd.Plan) -> None:
     """The calving dates of `cows` into iot.animals, as Odoo's push writes them, and the registry
     reloaded (the running ingestor's listener would do that within a second)."""
-    calved = {e.cow: e.start.date() for e in plan.context if e.kind == "fresh_cow" and e.cow in set(cows)}
+    wanted = set(cows)
+    calved = {e.cow: e.start.date() for e in plan.context if e.kind == "fresh_cow" and e.cow in wanted}
     async with pipeline.pool.acquire() as conn:
         await conn.executemany("UPDATE iot.animals SET calving_date = $2, updated_at = now() WHERE id = $1",
                                [(herd.animal_id(farm, c), day) for c, day in calved.items()])
